@@ -4,6 +4,7 @@
   python benchmarks/train_throughput.py                  # Xception-299 + BERT base, random weights
   python benchmarks/train_throughput.py --towers small   # MobileNetV2-224 + BERT small
   python benchmarks/train_throughput.py --towers tiny    # smoke test, seconds
+  python benchmarks/train_throughput.py --max-load 1.2   # shared machine: wait for quiet before each part
 
 Nothing downloads: the image tower is keras.applications with weights=None, the text tower a
 keras-hub BERT built from its architecture (saved here as a local preset without weights,
@@ -191,27 +192,31 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=256, help="batch size of the cached epochs")
     parser.add_argument("--epochs", type=int, default=3, help="cached epochs (the first traces)")
     parser.add_argument("--extract-images", type=int, default=32, help="images in the extraction shard")
-    parser.add_argument("--max-load", type=float, help="first wait (up to --wait minutes) for the 1-minute load average "
-                        "to fall below this: other jobs on the machine slow every figure")
-    parser.add_argument("--wait", type=float, default=30, help="minutes to wait for --max-load")
+    parser.add_argument("--max-load", type=float, help="before each measurement, wait (up to --wait minutes) for the "
+                        "1-minute load average to fall below this: other jobs on the machine slow every figure")
+    parser.add_argument("--wait", type=float, default=10, help="minutes to wait for --max-load, per measurement")
     parser.add_argument("--output", type=Path, help="JSON file (default: benchmarks/results/train_throughput-<towers>.json)")
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
-    deadline = time.time() + 60 * args.wait
-    while args.max_load is not None and os.getloadavg()[0] > args.max_load and time.time() < deadline:
-        time.sleep(10)
     device = device_info()
+
+    def measured(fn, *fn_args, **kwargs) -> dict:
+        """One measurement, after waiting (up to --wait) for a quiet machine; the load is recorded."""
+        deadline = time.time() + 60 * args.wait
+        while args.max_load is not None and os.getloadavg()[0] > args.max_load and time.time() < deadline:
+            time.sleep(5)
+        load = os.getloadavg()[0]
+        return {**fn(*fn_args, **kwargs), "load_average": [load, os.getloadavg()[0]]}
 
     with tempfile.TemporaryDirectory() as tmp:
         image, text = build_towers(args.towers, args.sequence_length, Path(tmp))
+        cached = (image, text, args.images, args.captions, args.captions_per_image, args.batch_size, args.epochs)
         results = {
-            "trainable": step_throughput(image, text, True, args.tower_batch, args.steps),
-            "frozen_recomputed": step_throughput(image, text, False, args.tower_batch, args.steps),
-            "cached": cached_throughput(image, text, args.images, args.captions, args.captions_per_image, args.batch_size,
-                                        args.epochs, jit_compile=True),
-            "cached_no_xla": cached_throughput(image, text, args.images, args.captions, args.captions_per_image,
-                                               args.batch_size, args.epochs),
-            "extraction": extraction_throughput(image, text, args.extract_images, Path(tmp)),
+            "cached": measured(cached_throughput, *cached, jit_compile=True),
+            "cached_no_xla": measured(cached_throughput, *cached),
+            "trainable": measured(step_throughput, image, text, True, args.tower_batch, args.steps),
+            "frozen_recomputed": measured(step_throughput, image, text, False, args.tower_batch, args.steps),
+            "extraction": measured(extraction_throughput, image, text, args.extract_images, Path(tmp)),
         }
     device["load_average_at_end"] = os.getloadavg()
     epoch_pairs = results["cached"]["pairs_per_epoch"]
@@ -239,14 +244,14 @@ def main(argv=None) -> dict:
     print(f"\nTraining throughput, {label} (random weights), {args.sequence_length} tokens, MLP heads into 256-d")
     print(f"device: {device['cpu']}, {device['cores']} cores, GPUs: {device['gpus'] or 'none'}, TF {device['tensorflow']}, "
           f"load average {device['load_average_at_start'][0]:.1f} -> {device['load_average_at_end'][0]:.1f}")
-    print(f"\n| mode | batch | pairs/s | epoch of {epoch_pairs:,} pairs | vs trainable |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"\n| mode | batch | pairs/s | epoch of {epoch_pairs:,} pairs | vs trainable | load average |")
+    print("|---|---:|---:|---:|---:|---:|")
     for mode, name in (("trainable", "towers trainable"), ("frozen_recomputed", "towers frozen, recomputed"),
                        ("cached", "towers frozen, cached features (XLA, as train() runs it)"),
                        ("cached_no_xla", "towers frozen, cached features, without XLA")):
         r = results[mode]
         print(f"| {name} | {r['batch_size']} | {r['pairs_per_second']:,.1f} | {_duration(r['epoch_seconds_for_epoch_pairs'])} "
-              f"| {rate[mode] / rate['trainable']:,.1f}x |")
+              f"| {rate[mode] / rate['trainable']:,.1f}x | {r['load_average'][0]:.1f} -> {r['load_average'][1]:.1f} |")
     print(f"\ncached vs frozen-recomputed: {ratios['cached_vs_frozen_recomputed']:,.0f}x")
     for mode in ("cached", "cached_no_xla"):
         r = results[mode]

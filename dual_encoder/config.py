@@ -28,11 +28,11 @@ class ModelConfig:
     sequence_length: Optional[int] = _field(None, "caption length in tokens (default: chosen from the data, the 99th percentile of token counts)")
     vocabulary_size: int = _field(1000, "WordPiece vocabulary size of the tiny text tower (built from the training captions)")
     projection_dim: int = _field(256, "size of the shared embedding space")
-    head: str = _field("mlp", "projection head: mlp (Dense-GELU-Dense-Dropout-residual-LayerNorm, the reference) or linear")
+    head: str = _field("mlp", "projection head: mlp (Dense-GELU-Dense-Dropout-residual-LayerNorm, the reference) or linear", choices=("mlp", "linear"))
     dropout: float = _field(0.1, "dropout in the projection heads")
     logit_scale: float = _field(LOGIT_SCALE_INIT, "initial log logit scale (log(1/0.07) as in CLIP)")
     learn_temperature: bool = _field(True, "learn the temperature (--no-learn-temperature keeps --logit-scale fixed)")
-    loss: str = _field("infonce", "contrastive loss: infonce (symmetric CLIP loss), soft_target (Keras example), siglip")
+    loss: str = _field("infonce", "contrastive loss: infonce (symmetric CLIP loss), soft_target (Keras example), siglip", choices=("infonce", "soft_target", "siglip"))
     train_image_tower: bool = _field(False, "fine-tune the image tower (frozen by default, as in the reference recipe)")
     train_text_tower: bool = _field(False, "fine-tune the text tower (frozen by default)")
     trainable_layers: Optional[int] = _field(None, "when fine-tuning a tower, train only its last N layers")
@@ -59,7 +59,7 @@ class TrainConfig:
     reduce_lr_patience: int = _field(3, "divide the learning rate after N epochs without val_loss improvement")
     reduce_lr_factor: float = _field(0.2, "factor applied by ReduceLROnPlateau")
     seed: int = _field(42, "random seed (weights, shuffling, caption sampling)")
-    strategy: str = _field("default", "tf.distribute strategy: default (one device), mirrored (all GPUs here), multiworker (TF_CONFIG)")
+    strategy: str = _field("default", "tf.distribute strategy: default (one device), mirrored (all GPUs here), multiworker (TF_CONFIG)", choices=("default", "mirrored", "multiworker"))
     mixed_precision: Optional[str] = _field(None, "Keras dtype policy for GPUs, e.g. mixed_float16 or mixed_bfloat16 (slower on CPU)")
     jit_compile: bool = _field(False, "compile the train step with XLA (good for text towers and GPUs; slow for Xception on CPU)")
 
@@ -167,7 +167,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             else:
                 kind = {"int": int, "float": float, "str": str}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
-                group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_text)
+                choices = f.metadata.get("choices")
+                group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, choices=choices,
+                                   metavar=None if choices else f.name.upper(), help=help_text)
 
 
 def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
