@@ -36,6 +36,8 @@ class ModelConfig:
     train_image_tower: bool = _field(False, "fine-tune the image tower (frozen by default, as in the reference recipe)")
     train_text_tower: bool = _field(False, "fine-tune the text tower (frozen by default)")
     trainable_layers: Optional[int] = _field(None, "when fine-tuning a tower, train only its last N layers")
+    class_prior: bool = _field(False, "ConSE class prior: map each image also to the text features of the top ImageNet classes its own pretrained classifier predicts, so zero-shot reaches concepts the captions never name (needs a keras-hub image preset with its ImageNet head)")
+    class_prior_top_k: int = _field(10, "classes averaged by the class prior, weighted by their softmax probability")
 
 
 @dataclasses.dataclass

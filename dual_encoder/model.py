@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from dual_encoder import class_prior as _class_prior  # noqa: F401  (registers ClassPrior for loading)
 from dual_encoder import losses
 
 _SERIALIZABLE = "dual_encoder"
@@ -45,12 +46,16 @@ class ProjectionHead(keras.layers.Layer):
             self.hidden.build((None, self.projection_dim))
             self.norm.build((None, self.projection_dim))
 
-    def call(self, features, training=False):
+    def project_features(self, features, training=False):
+        """The projection before L2 normalisation, in float32."""
         projected = self.project(features)
         if self.kind == "mlp":
             x = self.hidden(keras.activations.gelu(projected, approximate=False))
             projected = self.norm(projected + self.dropout(x, training=training))
-        return tf.math.l2_normalize(tf.cast(projected, tf.float32), axis=-1)
+        return tf.cast(projected, tf.float32)
+
+    def call(self, features, training=False):
+        return tf.math.l2_normalize(self.project_features(features, training), axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "projection_dim": self.projection_dim, "kind": self.kind, "dropout": self.dropout_rate}
@@ -112,6 +117,7 @@ class DualEncoder(keras.Model):
         logit_scale=losses.LOGIT_SCALE_INIT,
         learn_temperature=True,
         loss="infonce",
+        class_prior=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -125,6 +131,11 @@ class DualEncoder(keras.Model):
         self.text_head = ProjectionHead(projection_dim, head, dropout, name="text_head")
         self.image_head.build((None, image_encoder.output_shape[-1]))
         self.text_head.build((None, text_encoder.output_shape[-1]))
+        self.class_prior = class_prior
+        if class_prior is not None:  # see class_prior.py: image = text_head(prior) + gate * image_head
+            if not class_prior.built:
+                class_prior.build((None, image_encoder.output_shape[-1]))
+            self.image_head_gate = self.add_weight(name="image_head_gate", shape=(), initializer="zeros")
         self.logit_scale = self.add_weight(
             name="logit_scale", shape=(), initializer=keras.initializers.Constant(self.logit_scale_init),
             trainable=learn_temperature,
@@ -146,7 +157,13 @@ class DualEncoder(keras.Model):
 
     def embed_images(self, batch, training=False):
         features = batch["image_features"] if "image_features" in batch else self.image_features(batch["images"], training)
-        return self.image_head(features, training=training)
+        if self.class_prior is None:
+            return self.image_head(features, training=training)
+        # The prior lives in text-feature space, so the text head projects it; the image head's
+        # own path starts switched off (gate 0) and opens as far as the captions justify.
+        projected = self.text_head.project_features(self.class_prior(features), training) + tf.cast(
+            self.image_head_gate, tf.float32) * self.image_head.project_features(features, training)
+        return tf.math.l2_normalize(projected, axis=-1)
 
     def embed_texts(self, batch, training=False):
         features = batch["text_features"] if "text_features" in batch else self.text_features(batch["tokens"], training)
@@ -267,12 +284,13 @@ class DualEncoder(keras.Model):
             "logit_scale": self.logit_scale_init,
             "learn_temperature": self.learn_temperature,
             "loss": self.loss_name,
+            "class_prior": serialize(self.class_prior) if self.class_prior is not None else None,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("image_encoder", "text_encoder", "text_preprocessor"):
+        for key in ("image_encoder", "text_encoder", "text_preprocessor", "class_prior"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)

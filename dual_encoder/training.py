@@ -21,14 +21,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dual_encoder import feature_cache, towers
+from dual_encoder import class_prior, feature_cache, towers
 from dual_encoder.config import RunConfig
 from dual_encoder.data import pipeline
 from dual_encoder.model import DualEncoder, num_workers
 
 logger = logging.getLogger(__name__)
 
-NO_DECAY = ["logit_scale", "logit_bias", "bias", "gamma", "beta"]  # as open_clip: gains, biases, temperature
+NO_DECAY = ["logit_scale", "logit_bias", "bias", "gamma", "beta", "gate"]  # as open_clip: gains, biases, temperature
 SEQUENCE_PERCENTILE = 99
 PROBE_SEQUENCE_LENGTH = 128
 CAPTION_SAMPLE = 5000
@@ -150,10 +150,17 @@ def build_towers(config: RunConfig, captions: Sequence[str]):
 
 def build_model(config: RunConfig, image_tower, text_tower) -> DualEncoder:
     m = config.model
+    prior = None
+    if m.class_prior:
+        if not m.pretrained:
+            raise class_prior.ClassPriorUnavailable("--class-prior needs the pretrained image classifier; drop "
+                                                    "--no-pretrained or pass --no-class-prior")
+        prior = class_prior.build_class_prior(m.image_encoder, image_tower.feature_dim, text_tower, m.class_prior_top_k)
     return DualEncoder(
         image_tower.model, text_tower.model, text_tower.preprocessor,
         image_size=image_tower.image_size, resize=image_tower.resize, projection_dim=m.projection_dim,
         head=m.head, dropout=m.dropout, logit_scale=m.logit_scale, learn_temperature=m.learn_temperature, loss=m.loss,
+        class_prior=prior,
     )
 
 
