@@ -1,6 +1,7 @@
 """Feature cache: pairs as the uncached pipeline, the same losses, resume, corruption, keys, train()."""
 
 import collections
+import dataclasses
 import json
 import os
 import time
@@ -179,6 +180,62 @@ def test_a_new_tower_or_preprocessing_gets_a_new_folder(records):
         return feature_cache.folder_name(towers.build_text_tower("tiny", sequence_length=length, vocabulary=vocabulary))
 
     assert text_folder(16) == text_folder(16) != text_folder(8)  # the sequence length is part of the key
+
+
+def test_length_buckets():
+    assert feature_cache.length_buckets(64) == (16, 32, 64)
+    assert feature_cache.length_buckets(40) == (16, 32, 40)
+    assert feature_cache.length_buckets(16) == (16,)
+    assert feature_cache.length_buckets(8) == (8,)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_captions_by_length_bucket_give_the_full_length_features_and_the_same_cache(records, tmp_path, pooling, monkeypatch):
+    rng = np.random.default_rng(0)
+    words = [c for r in records for c in r.captions]
+    varied = [dataclasses.replace(r, captions=[" ".join(rng.choice(words, n)) for n in (1, 3, 6, 12)])  # ~8..90 tokens
+              for r in records[:12]]
+    monkeypatch.setattr(towers, "TINY_TEXT", dataclasses.replace(towers.TINY_TEXT, pooling=pooling))
+    keras.utils.set_random_seed(3)
+    image = towers.build_image_tower("tiny", weights=None, image_size=IMAGE_SIZE)
+    text = towers.build_text_tower("tiny", sequence_length=64, vocabulary=towers.build_vocabulary(words, size=200))
+    for tower in (image, text):
+        towers.freeze(tower.model, False)
+    assert feature_cache.pools_with_padding_mask(text)
+    out = {}
+    for buckets in (True, False):
+        (tmp_path / str(buckets)).mkdir()
+        files = shards(tmp_path / str(buckets), varied, [7, 5])
+        cache = feature_cache.FeatureCache(image, text, length_buckets=buckets)
+        report = cache.extract(files, batch_size=8, progress=False)
+        out[buckets] = cache, report, cache.load(files)
+    (cache, report, bucketed), (full_cache, full_report, full) = out[True], out[False]
+    assert cache.folders == full_cache.folders  # the same key: either reads the other's files
+    lengths = feature_cache.TextFeatures(text).tokens([c for r in varied for c in r.captions])["padding_mask"].sum(axis=1)
+    assert report.length_buckets == {16: int(np.sum(lengths <= 16)), 32: int(np.sum((lengths > 16) & (lengths <= 32))),
+                                     64: int(np.sum(lengths > 32))}
+    assert min(report.length_buckets.values()) > 0 and lengths.max() == 64  # every bucket used, some captions truncated
+    assert full_report.length_buckets == {64: len(lengths)}
+    assert cache._forwards["text"].verified and cache._forwards["text"].max_difference <= 1e-5
+    np.testing.assert_allclose(bucketed.text_features, full.text_features, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(bucketed.caption_counts, full.caption_counts)
+    np.testing.assert_array_equal(bucketed.image_features, full.image_features)
+    reference = text.model(text.preprocessor(tf.constant([c for r in varied for c in r.captions])), training=False)
+    np.testing.assert_allclose(bucketed.text_features, reference, atol=1e-5, rtol=0)  # as the model computes them
+
+
+def test_bucketing_falls_back_to_the_full_length_where_padding_changes_the_features(records, monkeypatch):
+    vocabulary = towers.build_vocabulary([c for r in records for c in r.captions], size=200)
+    text = towers.build_text_tower("tiny", sequence_length=32, vocabulary=vocabulary)
+    forward = feature_cache.TextFeatures._forward
+    monkeypatch.setattr(feature_cache.TextFeatures, "_forward",  # as if the features saw the padding
+                        lambda self, length, tokens: forward(self, min(length, 16), tokens) + length)
+    features = feature_cache.TextFeatures(text)
+    assert features.buckets == (16, 32)
+    captions = [c for r in records[:4] for c in r.captions]
+    out = features(captions, batch_size=4)
+    assert features.buckets == (32,) and features.max_difference == pytest.approx(16)
+    np.testing.assert_allclose(out, forward(features, 16, features.tokens(captions)) + 32, atol=1e-6)
 
 
 def _frozen_config(epochs=1):
