@@ -6,9 +6,10 @@
 1. Writes TFRecord shards exactly as `python -m dual_encoder.data` does: coco_mini train2017
    (80 photos, 5 captions each) and fashion_small (1,327 products, `productDisplayName` as the
    caption), each with 20 % of the images held out by image as the validation split.
-2. Trains `lit-small` (EfficientNet-Lite0 + all-MiniLM-L6-v2, both frozen, linear heads) once per
-   seed through `training.train` (tower features are extracted once and cached next to the
-   shards), and the floor: the same model after 0 epochs, i.e. randomly initialised heads.
+2. Trains `lit-small` (EfficientNet-Lite0 + all-MiniLM-L6-v2, both frozen, linear heads, the
+   ConSE class prior) once per seed through `training.train` (tower features are extracted once
+   and cached next to the shards); the ablation: the same without the class prior; and the
+   floor: the preset after 0 epochs, i.e. randomly initialised heads on the class prior alone.
 3. Evaluates each run's SavedModel through `dual_encoder.evaluation` on images never trained on:
    - retrieval on coco_mini val2017 (159 photos, 795 captions), text->image and image->text
      R@1/5/10 against chance;
@@ -96,12 +97,14 @@ def write_data(paths: dict, shards_dir: Path, sources) -> tuple[dict, float]:
     return folders, time.perf_counter() - started
 
 
-def make_config(paths: dict, seed: int, epochs=None):
+def make_config(paths: dict, seed: int, epochs=None, class_prior=None):
     config = run_config.get_preset(PRESET)
     config.model.image_encoder, config.model.text_encoder = str(paths["image_encoder"]), str(paths["text_encoder"])
     config.train.seed = seed
     if epochs is not None:
         config.train.epochs = epochs
+    if class_prior is not None:
+        config.model.class_prior = class_prior
     return config
 
 
@@ -252,6 +255,10 @@ TIME_ROWS = [
 ]
 
 
+VARIANT_NAMES = {"trained": f"{PRESET} (trained heads)", "no_prior": f"{PRESET} without the class prior",
+                 "untrained": "untrained heads (floor: the class prior alone)"}
+
+
 def _cell(stat: dict | None, percent: bool) -> str:
     if not stat:
         return "–"
@@ -260,8 +267,8 @@ def _cell(stat: dict | None, percent: bool) -> str:
 
 
 def markdown_table(summary: dict, chance_levels: dict, seeds: int) -> str:
-    variants = [v for v in ("trained", "untrained") if v in summary]
-    names = {"trained": f"{PRESET} (trained heads)", "untrained": "untrained heads (floor)"}
+    variants = [v for v in VARIANT_NAMES if v in summary]
+    names = VARIANT_NAMES
     lines = [f"| metric (%, mean ± std over {seeds} seeds) | " + " | ".join(names[v] for v in variants) + " | chance |",
              "|---|" + "---|" * (len(variants) + 1)]  # fmt: skip
     for key, label in ROWS:
@@ -290,6 +297,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: the preset's)")
     parser.add_argument("--no-floor", action="store_true", help="skip the untrained-heads floor")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the ablation trained without the class prior")
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES),
                         help="training data (without fashion_small, the fashion tasks are skipped)")
     parser.add_argument("--shards-dir", type=Path, default=ROOT / "tfrecords" / "quality", help="where the shards are written (reused when complete)")
@@ -312,13 +320,17 @@ def main(argv=None) -> int:
         for folder in shard_dirs.values():
             shutil.rmtree(folder / "features", ignore_errors=True)
     tasks = load_tasks(paths, shard_dirs.get("fashion_small"))
-    variants = {"trained": args.epochs, **({} if args.no_floor else {"untrained": 0})}
+    variants = {"trained": (args.epochs, None)}  # (epochs, class_prior override)
+    if not args.no_ablation:
+        variants["no_prior"] = (args.epochs, False)
+    if not args.no_floor:
+        variants["untrained"] = (0, None)
     per_seed, details, runs, trained_on = {v: [] for v in variants}, {}, {v: {} for v in variants}, None
     for seed in args.seeds:
-        for variant, epochs in variants.items():
+        for variant, (epochs, prior) in variants.items():
             run_dir = args.work_dir / f"{variant}-seed{seed}"
             print(f"[{variant}, seed {seed}] training into {run_dir} ...", flush=True)
-            results = train_run(make_config(paths, seed, epochs), shard_dirs.values(), run_dir)
+            results = train_run(make_config(paths, seed, epochs, prior), shard_dirs.values(), run_dir)
             metrics, reports = evaluate_run(run_dir, tasks, args.work_dir / "embeddings")
             metrics.update(run_metrics(results))
             per_seed[variant].append(metrics)

@@ -31,7 +31,7 @@ def quality():
 
 def test_reduced_quality_run_beats_chance(quality, tmp_path, capsys):
     out = tmp_path / "quality.json"
-    args = ["--shared", str(SHARED), "--out", str(out), "--seeds", "0", "--epochs", "3", "--no-floor",
+    args = ["--shared", str(SHARED), "--out", str(out), "--seeds", "0", "--epochs", "3", "--no-floor", "--no-ablation",
             "--sources", "coco_train2017", "--shards-dir", str(tmp_path / "shards"), "--work-dir", str(tmp_path / "runs")]  # fmt: skip
     assert quality.main(args) == 0
     results = json.loads(out.read_text())
