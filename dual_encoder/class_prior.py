@@ -106,13 +106,12 @@ def image_classifier_head(image_encoder: str) -> tuple[np.ndarray, np.ndarray]:
     return kernel, bias
 
 
-def embed_class_names(text_tower, names: Sequence[str], template: str = TEMPLATE, batch_size: int = 64) -> np.ndarray:
-    """Text-tower features of `template` filled with each name (frozen tower: computed once)."""
-    prompts = [template.format(name) for name in names]
-    return np.concatenate([
-        keras.ops.convert_to_numpy(text_tower.model(text_tower.preprocessor(tf.constant(prompts[i : i + batch_size]))))
-        for i in range(0, len(prompts), batch_size)
-    ])
+def embed_class_names(text_tower, names: Sequence[str], template: str = TEMPLATE) -> np.ndarray:
+    """Text-tower features of `template` filled with each name (frozen tower: computed once, by
+    length bucket as the feature cache computes captions)."""
+    from dual_encoder.feature_cache import TextFeatures
+
+    return TextFeatures(text_tower)([template.format(name) for name in names])
 
 
 def build_class_prior(image_encoder: str, image_feature_dim: int, text_tower, top_k: int = TOP_K,
