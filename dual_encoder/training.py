@@ -57,6 +57,51 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class CallbackStateBackup(keras.callbacks.Callback):
+    """Keeps the counters of EarlyStopping, ReduceLROnPlateau and best-only ModelCheckpoint across
+    a resume: BackupAndRestore brings back weights, optimizer and epoch but not these, so a resumed
+    run would wait its full patience again and overwrite the best checkpoint with a worse one.
+    Written after every epoch; restored when training begins (list it after those callbacks)."""
+
+    FIELDS = {keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch"),
+              keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+              keras.callbacks.ModelCheckpoint: ("best",)}
+
+    def __init__(self, path: Path, callbacks):
+        super().__init__()
+        self.path = Path(path)
+        self.tracked = [(c, fields) for c in callbacks for kind, fields in self.FIELDS.items() if isinstance(c, kind)]
+
+    def _state(self) -> list:
+        return [{f: _json_number(getattr(c, f, None)) for f in fields} for c, fields in self.tracked]
+
+    def on_train_begin(self, logs=None):
+        if not self.path.exists():
+            return
+        saved = json.loads(self.path.read_text())
+        if len(saved) != len(self.tracked):
+            logger.warning("%s does not match this run's callbacks; their counters start afresh", self.path)
+            return
+        for (callback, fields), values in zip(self.tracked, saved):
+            for field in fields:
+                if values.get(field) is not None:
+                    setattr(callback, field, values[field])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self._state()))
+        os.replace(temporary, self.path)
+
+
+def _json_number(value):
+    """Python floats/ints for JSON (numpy scalars and infinities included)."""
+    if value is None:
+        return None
+    value = float(value)
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The tf.distribute strategy for `--strategy`."""
     if name == "default":
@@ -184,6 +229,7 @@ def make_callbacks(config: RunConfig, output_dir: Path, has_validation: bool):
         keras.callbacks.CSVLogger(str(output_dir / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(output_dir / "tensorboard")),
     ]
+    callbacks.append(CallbackStateBackup(output_dir / "backup" / "callback_state.json", callbacks))
     return callbacks, guard
 
 

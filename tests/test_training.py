@@ -115,6 +115,35 @@ def test_resume_after_kill_9_continues_from_the_last_epoch(shard_dir, tmp_path):
     # optimizer state came back too: the step counter kept counting from the killed run
     results = json.loads((output / "results.json").read_text())
     assert results["epochs_run"] == done_before + 1
+    assert (output / "backup" / "callback_state.json").exists()  # early stopping's counters came back too
+
+
+def test_callback_counters_survive_a_resume(tmp_path):
+    """EarlyStopping / ReduceLROnPlateau / best-only ModelCheckpoint reset themselves when training
+    begins; the state backup must put their counters back, or a resumed run waits its patience
+    anew and overwrites the best checkpoint with a worse one."""
+    import keras
+
+    def callbacks():
+        made = [keras.callbacks.EarlyStopping(patience=3), keras.callbacks.ReduceLROnPlateau(patience=2),
+                keras.callbacks.ModelCheckpoint(str(tmp_path / "best.weights.h5"), save_best_only=True, save_weights_only=True)]
+        return made + [training.CallbackStateBackup(tmp_path / "backup" / "state.json", made)]
+
+    first = callbacks()
+    for callback in first:
+        callback.on_train_begin()
+    first[0].wait, first[0].best, first[0].best_epoch = 2, 0.5, 3
+    first[1].wait, first[1].best, first[1].cooldown_counter = 1, 0.25, 0
+    first[2].best = 0.5
+    first[3].on_epoch_end(4)
+    second = callbacks()
+    for callback in second:  # in list order, as Keras calls them
+        callback.on_train_begin()
+    assert (second[0].wait, second[0].best, second[0].best_epoch) == (2, 0.5, 3)
+    assert (second[1].wait, second[1].best) == (1, 0.25) and second[2].best == 0.5
+    fresh = [keras.callbacks.EarlyStopping(patience=3)]
+    training.CallbackStateBackup(tmp_path / "elsewhere.json", fresh).on_train_begin()  # a new run: nothing to restore
+    assert fresh[0].wait == 0
 
 
 def test_evaluate_py_on_the_trained_run_beats_chance_and_matches_training(trained, shard_dir, tmp_path):
