@@ -68,6 +68,7 @@ _HEAD_BYTES = 1 << 20
 _READ_CYCLE = 8  # pipeline.read_examples interleaves min(len(files), 8) shards
 _STALE_TMP_SECONDS = 3600  # younger temporaries may belong to a writer still running (another worker)
 SMALLEST_BUCKET = 16  # caption length buckets: 16, 32, 64, ... up to the text tower's sequence length
+LOOKUP_THREADS, PREFETCH_BATCHES = 2, 4  # cached batches: gathering 256 rows takes ~1 ms, a step 15+ ms on CPU
 KINDS = ("image", "text")
 Tower = Union[ImageTower, TextTower]
 
@@ -497,8 +498,12 @@ def pair_dataset(features: CachedFeatures, config: pipeline.PipelineConfig) -> t
     # of each batch (there are no files to split by).
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # No autotuning: its model thread wakes after 10, 30, 70, ... 5110, 10230 ms, and deleting the
+    # iterator (keras makes one per epoch) waited for that wake-up: a 5-7 s epoch took 10.25 s
+    # about one time in three (benchmarks/train_throughput.py). Gathering rows needs no tuning.
+    options.autotune.enabled = False
     ds = ds.with_options(options)
     if not config.repeat:  # known length: progress bars, and no "ran out of data" warning
         batches = len(first_k) // config.batch_size if config.drop_remainder else -(-len(first_k) // config.batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
-    return ds.map(lookup, num_parallel_calls=pipeline.AUTOTUNE, deterministic=True).prefetch(pipeline.AUTOTUNE)
+    return ds.map(lookup, num_parallel_calls=LOOKUP_THREADS, deterministic=True).prefetch(PREFETCH_BATCHES)

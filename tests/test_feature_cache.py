@@ -60,6 +60,7 @@ def test_pairs_sample_k_captions_per_image_anew_each_epoch():
         tf.random.set_seed(0)
         ds = feature_cache.pair_dataset(features, config)
         assert ds.cardinality() == 3  # 3 + 1 + 3 + 2 + 0 + 3 = 12 pairs in batches of 4
+        assert ds.options().autotune.enabled is False  # deleting an autotuned iterator stalled epochs by seconds
         out = []
         for _ in range(n):
             batches = list(ds.as_numpy_iterator())
