@@ -251,7 +251,9 @@ class DualEncoder(keras.Model):
         return self._update_metrics(loss, logits, labels, share)
 
     def test_step(self, batch):
-        return self._update_metrics(*self._step(batch, training=False))
+        logs = self._update_metrics(*self._step(batch, training=False))
+        logs.pop("temperature")  # a weight, not a validation result: logged once, by train_step
+        return logs
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Builds the optimizer under the model's strategy without Keras' symbolic pass.

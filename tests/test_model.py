@@ -88,6 +88,16 @@ def test_xla_compiled_step_matches_the_plain_step():
     assert results[1] == pytest.approx(results[0], rel=1e-4)
 
 
+def test_logs_hold_the_temperature_once_and_validation_results():
+    model = _model(head="linear")
+    model.compile(optimizer="sgd")
+    batches = tf.data.Dataset.from_tensors(_batch(model)).repeat(2)
+    history = model.fit(batches, validation_data=batches, epochs=1, verbose=0).history
+    assert history["temperature"][0] == pytest.approx(1.0 / float(model.scale()), rel=1e-6)
+    assert {"val_loss", "val_i2t_accuracy", "val_t2i_accuracy"} <= set(history)
+    assert "val_temperature" not in history
+
+
 def test_mixed_float16_scales_the_loss_and_keeps_embeddings_float32():
     import keras
 
