@@ -124,7 +124,7 @@ def lit_small() -> RunConfig:
     R@5 ~ 57 %; animals10_proxy zero-shot accuracy ~ 70 +- 5 % (chance 10 %); held-out fashion
     articleType zero-shot ~ 59 % (63 classes), ~ 82 % (the 19 with >= 5 images). Without the class
     prior: 46 % coco R@5 and 28 % animals (classes no training caption names are never right).
-    Early stopping ends at ~8 epochs; feature extraction ~60 s once, then ~40 s of head training.
+    Early stopping ends at ~8 epochs; feature extraction ~25 s once, then ~20 s of head training.
     """
     # Chosen on validation splits only (fashion val + the held-out 20 % of coco train2017, over
     # 5 different coco splits x 3 seeds): lr 1e-2 with batch 128 beat lr 1e-3 / batch 64 by ~6 points of
