@@ -7,6 +7,8 @@
   python benchmarks/train_throughput.py --max-load 0.8   # shared machine: wait for quiet before each part
   python benchmarks/train_throughput.py --only cached    # one part (cached, towers, extraction, text_buckets); writes
                                                          # nothing unless --output is given
+  python benchmarks/train_throughput.py --only towers cached --mixed-precision mixed_float16 --jit-compile \
+      --tower-batch 256 --steps 10 --output benchmarks/results/train_throughput-reference-gpu.json   # on a GPU
 
 Nothing downloads: the image tower is keras.applications with weights=None, the text tower a
 keras-hub BERT built from its architecture (saved here as a local preset without weights,
@@ -15,7 +17,9 @@ Random weights cost exactly what pretrained ones do.
 
 - towers (trainable / frozen): `fit` on one in-memory batch of raw pixels and tokens, repeated
   (the input pipeline is left out: decoding runs at ~600 images/s here, far above the towers),
-  median of --steps steps after a warm-up step that traces the graph.
+  median of --steps steps after a warm-up step that traces the graph. `--mixed-precision` and
+  `--jit-compile` apply to these steps (the GPU recipe: float16 towers, XLA); the cached heads
+  always run in float32, once with XLA and once without.
 - cached: whole epochs of `--images` x `--captions-per-image` pairs (90,000 by default, as an
   epoch of the reference recipe) through `feature_cache.pair_dataset` and one `fit`, heads only,
   batch 256, features of the towers' sizes; the first epoch (tracing) is reported apart; once
@@ -110,10 +114,10 @@ def heads_model(image, text, jit_compile: bool = False) -> DualEncoder:
     return model
 
 
-def step_throughput(image, text, trainable: bool, batch_size: int, steps: int) -> dict:
+def step_throughput(image, text, trainable: bool, batch_size: int, steps: int, jit_compile: bool = False) -> dict:
     towers.freeze(image.model, trainable)
     towers.freeze(text.model, trainable)
-    model = heads_model(image, text)
+    model = heads_model(image, text, jit_compile)
     rng = np.random.default_rng(0)
     captions = [c for r in sample_records(batch_size, image_size=8) for c in r.captions][:batch_size]
     batch = {
@@ -128,7 +132,7 @@ def step_throughput(image, text, trainable: bool, batch_size: int, steps: int) -
     warmup, seconds = ends[0] - started, list(np.diff(ends))  # the first step traces
     step = statistics.median(seconds)
     return {"batch_size": batch_size, "steps": steps, "step_seconds": seconds, "warmup_seconds": warmup,
-            "pairs_per_second": batch_size / step}
+            "pairs_per_second": batch_size / step, "jit_compile": jit_compile, "dtype_policy": keras.config.dtype_policy().name}
 
 
 def cached_throughput(image, text, images: int, captions: int, k: int, batch_size: int, epochs: int,
@@ -286,6 +290,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-load", type=float, help="before each measurement, wait (up to --wait minutes) for the "
                         "1-minute load average to fall below this: other jobs on the machine slow every figure")
     parser.add_argument("--wait", type=float, default=10, help="minutes to wait for --max-load, per measurement")
+    parser.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"],
+                        help="dtype policy of the towers in the trainable and frozen steps (GPUs: mixed_float16)")
+    parser.add_argument("--jit-compile", action="store_true", help="compile the trainable and frozen steps with XLA")
     parser.add_argument("--output", type=Path, help="JSON file (default: benchmarks/results/train_throughput-<towers>.json)")
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
@@ -313,8 +320,13 @@ def main(argv=None) -> dict:
             results["cached"] = measured(cached_throughput, *cached, jit_compile=True)
             results["cached_no_xla"] = measured(cached_throughput, *cached)
         if "towers" in parts:
-            results["trainable"] = measured(step_throughput, image, text, True, args.tower_batch, args.steps)
-            results["frozen_recomputed"] = measured(step_throughput, image, text, False, args.tower_batch, args.steps)
+            if args.mixed_precision:  # as train() does: towers and heads built under the policy
+                keras.mixed_precision.set_global_policy(args.mixed_precision)
+                (Path(tmp) / "mixed").mkdir()
+                image, text = build_towers(args.towers, args.sequence_length, Path(tmp) / "mixed")
+            for mode, trainable in (("trainable", True), ("frozen_recomputed", False)):
+                results[mode] = measured(step_throughput, image, text, trainable, args.tower_batch, args.steps, args.jit_compile)
+            keras.mixed_precision.set_global_policy("float32")
         if "extraction" in parts:
             results["extraction"] = measured(extraction_throughput, image, text, args.extract_images, Path(tmp))
     if "text_buckets" in parts:
@@ -325,13 +337,15 @@ def main(argv=None) -> dict:
     report = {
         "benchmark": "train_throughput", "towers": args.towers, "towers_label": label + " (random weights)",
         "sequence_length": args.sequence_length, "head": "mlp 256",
+        "tower_steps": {"mixed_precision": args.mixed_precision or "float32", "jit_compile": args.jit_compile},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
         "results": results,
     }
     if parts & {"cached", "towers", "extraction"}:
         report.update({"image_tower": image.spec["name"], "image_size": list(image.image_size), "text_tower": text.spec["name"],
                        "text_feature_dim": text.feature_dim, "image_feature_dim": image.feature_dim})
-    print(f"\nTraining throughput, {label} (random weights), {args.sequence_length} tokens, MLP heads into 256-d")
+    print(f"\nTraining throughput, {label} (random weights), {args.sequence_length} tokens, MLP heads into 256-d; tower steps "
+          f"{args.mixed_precision or 'float32'}{', XLA' if args.jit_compile else ''}")
     print(f"device: {device['cpu']}, {device['cores']} cores, GPUs: {device['gpus'] or 'none'}, TF {device['tensorflow']}, "
           f"load average {device['load_average_at_start'][0]:.1f} -> {device['load_average_at_end'][0]:.1f}")
 
@@ -374,6 +388,10 @@ def main(argv=None) -> dict:
                              "applies": args.towers == "reference", "met": met}
         if args.towers == "reference":
             print(f"targets (cached epoch <= 10 s, >= 500x recomputed): {'met' if met else 'NOT met'}")
+    if "trainable" in results and device["gpus"] and args.towers == "reference":  # issue 4: >= 2,000 pairs/s on one H100
+        rate = results["trainable"]["pairs_per_second"]
+        report["gpu_target"] = {"trainable_pairs_per_second_at_least": 2000, "pairs_per_second": rate, "met": rate >= 2000}
+        print(f"GPU target (towers trainable >= 2,000 pairs/s): {rate:,.0f} pairs/s, {'met' if rate >= 2000 else 'NOT met'}")
     if "text_buckets" in results:
         b = results["text_buckets"]
         print(f"\nCaption features by length bucket: {Path(b['tower']).name} ({b['pooling']} pooling), {b['captions']} COCO captions "
