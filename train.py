@@ -59,7 +59,7 @@ def prepare_shards(args, config) -> list[str]:
     shards_dir = args.shards_dir or os.path.join("tfrecords", _source_name(info))
     write_shards(
         records, shards_dir, source_info=info, skipped=skipped, val_fraction=config.data.val_fraction,
-        seed=config.train.seed, images_per_shard=config.data.images_per_shard, max_side=config.data.max_side,
+        seed=config.data.split_seed, images_per_shard=config.data.images_per_shard, max_side=config.data.max_side,
         progress=not args.quiet,
     )
     return [shards_dir]

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Optional
 
+from dual_encoder.data import tfrecords
 from dual_encoder.losses import LOGIT_SCALE_INIT
 
 
@@ -43,8 +44,9 @@ class ModelConfig:
 @dataclasses.dataclass
 class DataConfig:
     captions_per_image: int = _field(3, "(image, caption) pairs per image and epoch, captions sampled without replacement")
-    val_fraction: float = _field(0.2, "fraction of images (never captions) held out for validation when writing shards")
-    images_per_shard: int = _field(2000, "images per TFRecord shard when writing shards")
+    val_fraction: float = _field(tfrecords.VAL_FRACTION, "fraction of images (never captions) held out for validation when writing shards")
+    split_seed: int = _field(tfrecords.SPLIT_SEED, "seed of that train/val split by image (python -m dual_encoder.data --seed has the same default, so both tools write the same split)")
+    images_per_shard: int = _field(tfrecords.IMAGES_PER_SHARD, "images per TFRecord shard when writing shards")
     max_side: Optional[int] = _field(None, "re-encode images whose longer side exceeds N pixels when writing shards")
     shuffle_buffer: int = _field(10_000, "pairs in the shuffle buffer")
     cache: bool = _field(False, "keep parsed shards in memory after the first epoch")
@@ -58,9 +60,9 @@ class TrainConfig:
     learning_rate: float = _field(1e-3, "AdamW learning rate")
     weight_decay: float = _field(1e-3, "AdamW weight decay (never applied to the temperature, biases or norms)")
     early_stopping_patience: int = _field(5, "stop after N epochs without val_loss improvement (best weights restored)")
-    reduce_lr_patience: int = _field(3, "divide the learning rate after N epochs without val_loss improvement")
+    reduce_lr_patience: int = _field(3, "multiply the learning rate by --reduce-lr-factor after N epochs without val_loss improvement")
     reduce_lr_factor: float = _field(0.2, "factor applied by ReduceLROnPlateau")
-    seed: int = _field(42, "random seed (weights, shuffling, caption sampling)")
+    seed: int = _field(42, "random seed (weights, shuffling, caption sampling; the data split has --split-seed)")
     strategy: str = _field("default", "tf.distribute strategy: default (one device), mirrored (all GPUs here), multiworker (TF_CONFIG)", choices=("default", "mirrored", "multiworker"))
     mixed_precision: Optional[str] = _field(None, "Keras dtype policy for GPUs, e.g. mixed_float16 or mixed_bfloat16 (slower on CPU)")
     jit_compile: bool = _field(False, "compile the train step with XLA (good for text towers and GPUs; slow for Xception on CPU)")
@@ -160,13 +162,26 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _shown(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def preset_values(section: str, name: str) -> str:
+    """Each preset's value of one field, for --help: "default: X" when they agree, else "reference: X; sample: Y"."""
+    values = {preset: _shown(getattr(getattr(make(), section), name)) for preset, make in PRESETS.items()}
+    if len(set(values.values())) == 1:
+        return f"default: {next(iter(values.values()))}"
+    return "; ".join(f"{preset}: {value}" for preset, value in values.items())
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field; default None means "keep the preset's value"."""
     for section, cls in _SECTIONS.items():
         group = parser.add_argument_group(f"{section} options (override the preset)")
-        defaults = cls()
         for f in dataclasses.fields(cls):
-            help_text = f"{f.metadata['help']} (reference: {getattr(defaults, f.name)})"
+            shown = preset_values(section, f.name)
+            agreed_and_said = shown.startswith("default:") and "default:" in f.metadata["help"]
+            help_text = f.metadata["help"] if agreed_and_said else f"{f.metadata['help']} ({shown})"
             if f.type in ("bool", bool):
                 group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             else:

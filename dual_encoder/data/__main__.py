@@ -9,6 +9,7 @@ import sys
 import tensorflow as tf
 
 from dual_encoder.data.sources import add_source_arguments, records_from_args
+from dual_encoder.data import tfrecords
 from dual_encoder.data.tfrecords import write_shards
 
 EXAMPLES = """examples:
@@ -36,11 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", required=True, help="output folder (local, gs://, ...); created if needed.")
     out.add_argument(
-        "--val-fraction", metavar="F", type=float, default=0.2,
+        "--val-fraction", metavar="F", type=float, default=tfrecords.VAL_FRACTION,
         help="fraction of images (not captions) held out as 'val'; 0 writes only 'train' (default: %(default)s).",
     )
-    out.add_argument("--seed", metavar="S", type=int, default=0, help="seed of the train/val split (default: %(default)s).")
-    out.add_argument("--images-per-shard", metavar="N", type=int, default=2000, help="default: %(default)s.")
+    out.add_argument("--seed", metavar="S", type=int, default=tfrecords.SPLIT_SEED,
+                     help="seed of the train/val split; train.py --split-seed has the same default (default: %(default)s).")
+    out.add_argument("--images-per-shard", metavar="N", type=int, default=tfrecords.IMAGES_PER_SHARD, help="default: %(default)s.")
     out.add_argument(
         "--max-side", metavar="N", type=int, default=None,
         help="shrink images so the longer side is at most N pixels (default: keep the size).",

@@ -49,6 +49,9 @@ from dual_encoder.data.records import ImageRecord, SkipCounter
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
+# Defaults shared by write_shards, `python -m dual_encoder.data` and train.py (DataConfig), so
+# that every tool writes the same split of the same source.
+VAL_FRACTION, SPLIT_SEED, IMAGES_PER_SHARD = 0.2, 0, 2000
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 STATS_SUFFIX = ".stats.json"
@@ -85,9 +88,9 @@ def write_shards(
     *,
     source_info: dict,
     skipped: SkipCounter,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    images_per_shard: int = 2000,
+    val_fraction: float = VAL_FRACTION,
+    seed: int = SPLIT_SEED,
+    images_per_shard: int = IMAGES_PER_SHARD,
     max_side: Optional[int] = None,
     progress: bool = True,
     overwrite: bool = False,
@@ -221,12 +224,12 @@ def _start(out_dir: str, config: dict, overwrite: bool) -> dict:
         if plan.get("fingerprint") != fingerprint:
             raise ConfigMismatchError(
                 f"{out_dir} was started with another configuration ({_differences(plan.get('config', {}), config)}); "
-                "use a new output folder, or overwrite to start this one again"
+                "use a new output folder, or --overwrite (python -m dual_encoder.data) to start this one again"
             )
         return plan
     if own:
         raise ConfigMismatchError(
-            f"{out_dir} holds shards without {PLAN} ({own[0]}, ...); use a new output folder, or overwrite"
+            f"{out_dir} holds shards without {PLAN} ({own[0]}, ...); use a new output folder, or --overwrite (python -m dual_encoder.data)"
         )
     plan = {"config": config, "fingerprint": fingerprint, "created": _now()}
     _write_json(plan_path, plan)

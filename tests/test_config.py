@@ -1,0 +1,31 @@
+"""Run configuration: presets, flags that override them, and --help that shows each preset's value."""
+
+import argparse
+
+import pytest
+
+from dual_encoder import config as run_config
+
+
+def _parser():
+    parser = argparse.ArgumentParser(formatter_class=lambda prog: argparse.HelpFormatter(prog, width=10_000))  # no wrapping
+    run_config.add_config_arguments(parser)
+    return parser
+
+
+def test_help_shows_every_presets_value_where_they_differ():
+    text = _parser().format_help()
+    assert "(reference: 256; sample: 64; lit-small: 128)" in text  # --batch-size
+    assert "(reference: 0.001; sample: 0.002; lit-small: 0.01)" in text  # --learning-rate
+    assert "(reference: 2.659; sample: 2.659; lit-small: 2.485)" in text  # floats short, not 2.659260036932778
+    assert "AdamW weight decay (never applied to the temperature, biases or norms) (default: 0.001)" in text
+    assert "token counts) (default" not in text  # a default the help already names (--sequence-length) is not repeated
+
+
+def test_flags_override_only_what_was_given():
+    args = _parser().parse_args(["--batch-size", "32", "--no-class-prior", "--split-seed", "7"])
+    config = run_config.apply_overrides(run_config.get_preset("lit-small"), args)
+    assert (config.train.batch_size, config.model.class_prior, config.data.split_seed) == (32, False, 7)
+    assert config.train.learning_rate == run_config.get_preset("lit-small").train.learning_rate
+    with pytest.raises(ValueError, match="lit-small"):
+        run_config.get_preset("lit_small")
