@@ -1,9 +1,11 @@
 """Export a trained DualEncoder as a TensorFlow SavedModel that plain TF code can use.
 
-Endpoints take raw inputs so users need none of our code: `encode_image` takes uint8 images
-of any size (resized inside, as in training) and `encode_text` takes strings (tokenized inside
-the graph with tensorflow-text ops, hence `import tensorflow_text` before loading). Both return
-L2-normalised float32 embeddings; `logit_scale` is the log of the learned logit scale.
+Endpoints take raw inputs so users need none of our code: `encode_image` takes images of any
+size (resized inside, as in training) as uint8 0..255 or as float32/float64 in [0, 1] (the
+tf.image convention; floats outside it are an error, not silently truncated), and `encode_text`
+takes strings (tokenized inside the graph with tensorflow-text ops, hence `import
+tensorflow_text` before loading). Both return L2-normalised float32 embeddings; `logit_scale`
+is the log of the learned logit scale.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ USAGE = """\
 import tensorflow as tf
 import tensorflow_text  # registers the tokenizer ops the text endpoint uses
 model = tf.saved_model.load("{path}")
-image_embeddings = model.encode_image(uint8_images)   # [B, H, W, 3], any H and W
+image_embeddings = model.encode_image(uint8_images)   # [B, H, W, 3], any H and W; or floats in [0, 1]
 text_embeddings = model.encode_text(tf.constant(["a dog on a beach"]))
 similarity = tf.matmul(text_embeddings, image_embeddings, transpose_b=True)  # cosine
 logits = tf.exp(model.logit_scale[0]) * similarity
 """
+
+
+IMAGE_DTYPES = (tf.uint8, tf.float32, tf.float64)
 
 
 def export_saved_model(model, path: str) -> str:
@@ -31,16 +36,24 @@ def export_saved_model(model, path: str) -> str:
     archive = keras.export.ExportArchive()
     archive.track(model)
 
+    @tf.function
     def encode_image(images):
+        if images.dtype != tf.uint8:
+            # Without this, a float array reached the uint8 signature truncated to 0 or 1: black images.
+            tf.debugging.assert_less_equal(
+                tf.reduce_max(images), tf.cast(1.0, images.dtype),
+                message="encode_image: float images must be in [0, 1] (tf.image convention); pass uint8 for 0..255 pixels")
+            images = tf.cast(images, tf.float32) * 255.0
         pixels = resize_image(images, model.image_size, model.resize)
         return model.embed_images({"images": pixels}, training=False)
+
+    for dtype in IMAGE_DTYPES:  # one concrete function each; the signature `encode_image` is the first (uint8)
+        encode_image.get_concrete_function(tf.TensorSpec([None, None, None, 3], dtype, name="images"))
 
     def encode_text(texts):
         return model.encode_texts(texts)
 
-    archive.add_endpoint(
-        "encode_image", encode_image, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
-    )
+    archive.add_endpoint("encode_image", encode_image)
     archive.add_endpoint("encode_text", encode_text, input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
     archive.add_variable_collection("logit_scale", [model.logit_scale])  # reloaded: model.logit_scale[0]
     # What encode_image does to images, so readers can pre-resize identically without our code.

@@ -29,7 +29,13 @@ out = {
     "image_size": model.image_size[0].numpy().tolist(),
     "resize_mode": model.resize_mode[0].numpy().decode(),
     "signature_image": model.signatures["encode_image"](images=tf.constant(images))["output_0"].numpy().tolist(),
+    "float32_image": model.encode_image(images.astype(np.float32) / 255).numpy().tolist(),
+    "float64_image": model.encode_image(images / 255.0).numpy().tolist(),
 }
+try:
+    model.encode_image(images.astype(np.float32))  # 0..255 floats: an error, not black images
+except tf.errors.InvalidArgumentError as error:
+    out["float_error"] = "float images must be in [0, 1]" in str(error)
 print(json.dumps(out))
 """
 
@@ -59,6 +65,9 @@ def test_fresh_process_gets_the_same_embeddings(tiny_model, tmp_path):
     expected_text = tiny_model.encode_texts(tf.constant(CAPTIONS)).numpy()
     np.testing.assert_allclose(out["image"], expected_image, atol=1e-5)
     np.testing.assert_allclose(out["signature_image"], expected_image, atol=1e-5)
+    np.testing.assert_allclose(out["float32_image"], expected_image, atol=1e-4)
+    np.testing.assert_allclose(out["float64_image"], expected_image, atol=1e-4)
+    assert out["float_error"] is True
     np.testing.assert_allclose(out["text"], expected_text, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(out["text"], axis=1), 1.0, atol=1e-5)
     assert out["logit_scale"] == pytest.approx(float(tiny_model.logit_scale.numpy()))
