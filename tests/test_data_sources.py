@@ -37,7 +37,7 @@ def make_images(folder, names):
 # --- CSV / JSONL ---------------------------------------------------------------------------
 
 
-def test_csv_merges_rows_per_image_and_counts_every_drop(tmp_path, monkeypatch):
+def test_csv_merges_rows_per_image_and_counts_every_drop(tmp_path, monkeypatch, caplog):
     make_images(tmp_path / "sub" / "images", ["a.jpg", "b.jpg", "c.jpg"])
     write_csv(
         tmp_path / "sub" / "data.csv",
@@ -53,7 +53,8 @@ def test_csv_merges_rows_per_image_and_counts_every_drop(tmp_path, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)  # relative CSV path: images resolve against its folder, not the cwd
     skipped = SkipCounter()
-    records = csv_records("sub/data.csv", "image", "caption", skipped=skipped)
+    with caplog.at_level(logging.WARNING):
+        records = csv_records("sub/data.csv", "image", "caption", skipped=skipped)
     assert [(r.image_id, r.captions, r.path) for r in records] == [
         ("images/a.jpg", ["a cat", "a small cat"], "sub/images/a.jpg"),
         ("images/b.jpg", ["a dog"], "sub/images/b.jpg"),
@@ -65,6 +66,21 @@ def test_csv_merges_rows_per_image_and_counts_every_drop(tmp_path, monkeypatch):
         "missing_file_captions": 1,
         "no_captions": 1,
     }
+    # every drop is also named, with file and line
+    assert "sub/data.csv: empty captions, skipped (2): sub/data.csv:4; sub/data.csv:7" in caplog.text
+    assert "sub/data.csv: repeated captions of the same image, skipped (1): sub/data.csv:3" in caplog.text
+
+
+def test_csv_unclosed_quote_is_named_not_silently_swallowed(tmp_path, caplog):
+    make_images(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
+    path = tmp_path / "captions.csv"
+    path.write_text('image,caption\na.jpg,a cat\nb.jpg,"an unclosed quote\nc.jpg,a dog\n', encoding="utf-8")
+    skipped = SkipCounter()
+    with caplog.at_level(logging.WARNING):
+        records = csv_records(str(path), "image", "caption", skipped=skipped)
+    assert [(r.image_id, r.captions) for r in records] == [("a.jpg", ["a cat"])]
+    assert skipped.as_dict() == {"malformed_row": 1}
+    assert "line 3: a quoted field runs from line 3 to line 4 (an unclosed quote?)" in caplog.text
 
 
 def test_csv_with_template_skips_malformed_rows_with_file_and_line(tmp_path, caplog):

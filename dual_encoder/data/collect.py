@@ -88,6 +88,7 @@ class RecordBuilder:
         self.files = files or FileIndex()
         self._records: dict[str, ImageRecord] = {}
         self._seen: dict[str, set[str]] = {}
+        self._dropped: dict[str, list[str]] = {"empty_caption": [], "duplicate_caption": []}  # where, for the warnings
 
     def add(
         self,
@@ -106,10 +107,10 @@ class RecordBuilder:
         seen = self._seen[image_id]
         for caption in captions if isinstance(captions, (list, tuple)) else [captions]:
             text = clean_caption(caption)
-            if not text:
-                self.skipped.skip("empty_caption", where or image_id)
-            elif text in seen:
-                self.skipped.skip("duplicate_caption", where or image_id)
+            reason = "empty_caption" if not text else "duplicate_caption" if text in seen else None
+            if reason:
+                self.skipped.skip(reason, where or image_id)
+                self._dropped[reason].append(where or image_id)
             else:
                 seen.add(text)
                 record.captions.append(text)
@@ -127,6 +128,8 @@ class RecordBuilder:
             else:
                 records.append(record)
         where = where or self.source
+        warn_skips(logger, f"{where}: empty captions, skipped", self._dropped["empty_caption"])
+        warn_skips(logger, f"{where}: repeated captions of the same image, skipped", self._dropped["duplicate_caption"])
         warn_skips(logger, f"{where}: images with no caption left, skipped", uncaptioned)
         warn_skips(logger, f"{where}: images missing on disk, skipped", missing)
         return records

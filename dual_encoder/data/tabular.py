@@ -8,7 +8,8 @@ Image paths: `image_template` (e.g. `images/{}.jpg`) maps the column value to a 
 paths resolve against the folder of the CSV/JSONL file; absolute paths and URLs (gs://) stay.
 
 Bad input: a row with the wrong number of fields (an unquoted comma in a real styles.csv), a
-JSONL line that is not a JSON object, or a row without an image value is skipped, counted
+JSONL line that is not a JSON object, a row without an image value, or a CSV field that runs
+over several lines (an unclosed quote swallows the rows after it) is skipped, counted
 `malformed_row` and named (file and line) in a warning. Text that is not UTF-8 and missing columns
 are errors (`SourceFormatError`), since no row of such a file can be trusted.
 """
@@ -44,6 +45,7 @@ def csv_records(
     caption_i = _column_index(path, header, caption_column, "caption")
     table = _Table(path, image_template, skipped)
     while True:
+        first_line = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
@@ -52,6 +54,12 @@ def csv_records(
             table.malformed(reader.line_num, str(e))
             continue
         if not any(cell.strip() for cell in row):
+            continue
+        if reader.line_num > first_line and any("\n" in cell or "\r" in cell for cell in row):
+            # Captions are one line; a field over several is almost always an unclosed quote that
+            # swallowed the rows after it, which would otherwise vanish without a word.
+            table.malformed(first_line, f"a quoted field runs from line {first_line} to line {reader.line_num} "
+                                        "(an unclosed quote?); the lines inside it are not read as rows")
             continue
         if len(row) != len(header):
             table.malformed(reader.line_num, f"{len(row)} fields where the header has {len(header)}")
