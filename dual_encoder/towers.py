@@ -310,7 +310,10 @@ def _read_json(directory: str, name: str) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _unknown(kind: str, name: str, known) -> ValueError:
+def _unknown(kind: str, name: str, known) -> Exception:
+    if os.sep in name or name.startswith((".", "~")):  # meant as a folder
+        return FileNotFoundError(f"{kind} tower {name!r}: no such directory (a local tower is a keras-hub preset "
+                                 f"folder{', or a Hugging Face / sentence-transformers BERT folder' if kind == 'text' else ''})")
     return ValueError(
         f"unknown {kind} tower {name!r}: not one of {', '.join(known)}, not a keras-hub preset of that kind, "
         "not a kaggle:// or hf:// handle and not an existing preset directory")
@@ -388,10 +391,10 @@ def _application(name: str, weights, weights_file, image_size) -> _ImageBackbone
     app = KERAS_APPLICATIONS[name]
     size = (image_size or app.image_size,) * 2
     with _downloading(name, f"ImageNet weights of image tower {name!r}",
-                      f"weights='/path/to/{name}_notop.h5' (a local copy of the keras.applications no-top "
-                      "weights file, .h5 or .weights.h5), a local keras-hub preset directory as the tower name "
-                      "(e.g. ../shared/weights/efficientnet_lite0_keras), or weights=None (--no-pretrained) "
-                      "for random initialisation."):
+                      f"--image-weights /path/to/{name}_notop.h5 (a local copy of the keras.applications no-top "
+                      "weights file, .h5 or .weights.h5; in Python weights='/path/...'), a local keras-hub preset "
+                      "directory as --image-encoder (e.g. ../shared/weights/efficientnet_lite0_keras), or "
+                      "--no-pretrained (weights=None) for random initialisation."):
         backbone = getattr(keras.applications, app.constructor)(
             include_top=False, weights=weights_file or weights, input_shape=(*size, 3), pooling="avg")
     normalization = app.normalization
@@ -408,10 +411,10 @@ def _application(name: str, weights, weights_file, image_size) -> _ImageBackbone
 def _hub_image(name: str, weights, weights_file, image_size) -> _ImageBackbone:
     """A keras-hub image backbone; size, normalisation and resize mode from its image converter."""
     with _downloading(name, f"keras-hub preset of image tower {name!r}",
-                      "a local keras-hub preset directory as the tower name (e.g. "
-                      "../shared/weights/efficientnet_lite0_keras), or a keras.applications name with a local "
-                      "weights file or weights=None (--no-pretrained); a preset name needs its config downloaded "
-                      "even without weights."):
+                      "a local keras-hub preset directory as --image-encoder (e.g. "
+                      "../shared/weights/efficientnet_lite0_keras), or a keras.applications name with "
+                      "--image-weights FILE or --no-pretrained (weights=None in Python); a preset name needs its "
+                      "config downloaded even without weights."):
         backbone = keras_hub.models.Backbone.from_preset(name, load_weights=weights is not None and not weights_file)
         if any(isinstance(t, dict) for t in (backbone.input, backbone.output)) or len(backbone.input.shape) != 4:
             raise ValueError(f"{name!r} holds a {type(backbone).__name__}, not an image backbone")
@@ -535,7 +538,7 @@ def _hub_text(name: str, pretrained: bool) -> _TextBackbone:
     hf_config = _read_json(name, "config.json") if _is_local(name) else None
     hf_config = hf_config if hf_config and "model_type" in hf_config else None
     with _downloading(name, f"keras-hub preset of text tower {name!r}",
-                      "a local preset directory as the tower name (a keras-hub preset or a Hugging Face / "
+                      "a local preset directory as --text-encoder (a keras-hub preset or a Hugging Face / "
                       "sentence-transformers BERT folder, e.g. ../shared/weights/all-minilm-l6-v2), or 'tiny' "
                       "with a vocabulary built from the captions; --no-pretrained does not help for a preset name, "
                       "whose config and vocabulary must be downloaded too."):

@@ -232,14 +232,20 @@ def test_offline_download_ends_in_one_clear_error(monkeypatch):
         message = str(info.value)
         assert name in message and "local" in message and "directory" in message, message
         assert info.value.__cause__ is None and info.value.__suppress_context__  # no deep traceback
-    assert "--no-pretrained" in str(pytest.raises(towers.PretrainedWeightsUnavailable, builds["'mobilenetv2'"]).value)
+    application_message = str(pytest.raises(towers.PretrainedWeightsUnavailable, builds["'mobilenetv2'"]).value)
+    assert "--image-weights /path/to/mobilenetv2_notop.h5" in application_message  # the flags users type
+    assert "--no-pretrained" in application_message
 
 
-def test_unknown_names_list_the_known_ones():
+def test_unknown_names_list_the_known_ones_and_missing_folders_say_so():
     with pytest.raises(ValueError, match="xception.*efficientnetb0"):
         towers.build_image_tower("not_a_tower")
     with pytest.raises(ValueError, match="bert_base_en_uncased"):
+        towers.build_text_tower("not_a_text_tower")
+    with pytest.raises(FileNotFoundError, match="text tower './no/such/folder': no such directory"):
         towers.build_text_tower("./no/such/folder")
+    with pytest.raises(FileNotFoundError, match="image tower '/no/such/enc': no such directory"):
+        towers.build_image_tower("/no/such/enc")
 
 
 # --- freezing and specs ------------------------------------------------------------------
