@@ -83,7 +83,9 @@ def main(argv=None) -> int:
 
     try:
         shard_dirs = prepare_shards(args, config)
-        results = training.train(config, shard_dirs, output_dir, verbose=0 if args.quiet else "auto", export=not args.no_export)
+        # Keras' per-batch progress bar rewrites one line; in a log file (no terminal) one line per epoch reads better.
+        verbose = 0 if args.quiet else "auto" if sys.stdout.isatty() else 2
+        results = training.train(config, shard_dirs, output_dir, verbose=verbose, export=not args.no_export)
     except (towers.PretrainedWeightsUnavailable, SourceFormatError, NoShardsError, ConfigMismatchError,
             training.TrainingDiverged, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -97,8 +99,15 @@ def report(results: dict, output_dir: str) -> None:
     t2i, i2t = retrieval["text_to_image"], retrieval["image_to_text"]
     images = retrieval.get("num_images") or 0
     chance = f" (chance R@5 {min(1.0, 5 / images):.1%})" if images else ""
-    print(f"\nTrained {results['epochs_run']} epochs in {results['timings']['fit_seconds']:.0f} s. "
-          f"{retrieval['split']} retrieval over {images} images{chance}:")
+    done, now = results["epochs_run"], results.get("epochs_this_call", results["epochs_run"])
+    epochs = lambda n: f"{n} epoch{'s' if n != 1 else ''}"  # noqa: E731
+    if now == 0:
+        print(f"\nNothing left to train: {output_dir} holds a finished run of {epochs(done)} (pass another --output-dir "
+              f"to train again). Its {retrieval['split']} retrieval over {images} images{chance}:")
+    else:
+        resumed = f" ({epochs(now)} in this call, resumed from the backup)" if now < done else ""
+        print(f"\nTrained {epochs(done)}{resumed}, {results['timings']['fit_seconds']:.0f} s of fitting. "
+              f"{retrieval['split']} retrieval over {images} images{chance}:")
     print(f"  text->image R@1/5/10: {t2i['R@1']:.1%} / {t2i['R@5']:.1%} / {t2i['R@10']:.1%}")
     print(f"  image->text R@1/5/10: {i2t['R@1']:.1%} / {i2t['R@5']:.1%} / {i2t['R@10']:.1%}")
     print(f"Outputs in {output_dir}: results.json, curves.png, log.csv, checkpoints/, model.keras"

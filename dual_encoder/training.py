@@ -391,6 +391,7 @@ def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="aut
         "feature_cache": cache_results,
         "data": {"shard_dirs": [str(d) for d in shard_dirs], "train_shards": len(train_files), "val_shards": len(val_files), "manifests": manifests},
         "epochs_run": len(history.get("loss", [])),
+        "epochs_this_call": len(timer.seconds),  # fewer than epochs_run after a resume; 0 for a finished run
         "final": {k: v[-1] for k, v in history.items()},
         "best": {k: (min(v) if "loss" in k else max(v)) for k, v in history.items() if "loss" in k or "accuracy" in k},
         "retrieval": evaluation,

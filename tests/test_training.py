@@ -116,6 +116,10 @@ def test_resume_after_kill_9_continues_from_the_last_epoch(shard_dir, tmp_path):
     results = json.loads((output / "results.json").read_text())
     assert results["epochs_run"] == done_before + 1
     assert (output / "backup" / "callback_state.json").exists()  # early stopping's counters came back too
+    assert f"Trained {done_before + 1} epochs (1 epoch in this call, resumed from the backup)" in finished.stdout
+    again = subprocess.run(_train_cli(shard_dir, output, done_before + 1), env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "Nothing left to train" in again.stdout, again.stdout[-2000:]
+    assert len(training.read_log(log)["loss"]) == done_before + 1
 
 
 def test_callback_counters_survive_a_resume(tmp_path):
