@@ -161,6 +161,13 @@ def _classification_data(args):
     return folders.keep_top_classes(data, args.top_classes) if args.top_classes else data
 
 
+def _print_unreadable(report: dict, shown: int = 5) -> None:
+    names = report.get("unreadable_images", [])
+    if names:
+        more = f" ... ({report['num_skipped_images']} in all, listed in report.json)" if report["num_skipped_images"] > shown else ""
+        print("  unreadable: " + ", ".join(names[:shown]) + more)
+
+
 def run_zero_shot(args, argv) -> Path:
     from dual_encoder import evaluation, plots, probe
 
@@ -174,6 +181,7 @@ def run_zero_shot(args, argv) -> Path:
                                 title=f"Zero-shot on {args.dataset} (accuracy {report['accuracy']:.1%})")  # fmt: skip
     print(f"zero-shot {args.dataset}: {report['num_examples']} images, {len(report['class_names'])} classes, "
           f"{report['prompts']['num_templates']} template(s), {report['num_skipped_images']} unreadable skipped")
+    _print_unreadable(report)
     print(f"  accuracy {report['accuracy']:.4f}  top-5 {report['top5_accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}"
           f"  mean per-class recall {report['mean_per_class_recall']:.4f}")  # fmt: skip
     for k, result in report.get("linear_probe", {}).get("results", {}).items():
@@ -191,8 +199,10 @@ def run_retrieval(args, argv) -> Path:
     output_dir = Path(args.output_dir or f"outputs/retrieval-{info['type']}")
     similarity, images, captions = evaluation.similarity_preview(arrays, embedder.prep, args.similarity_n)
     plots.save_similarity_matrix(similarity, images, captions, output_dir / "similarity_matrix.png")
+    by_source = ", ".join(f"{reason} {count}" for reason, count in info.get("skipped_by_source", {}).items())
     print(f"retrieval ({info['type']}): {report['num_images']} images, {report['num_captions']} captions, "
-          f"{report['num_skipped_images']} unreadable skipped")
+          f"{report['num_skipped_images']} unreadable skipped" + (f"; skipped by the source: {by_source}" if by_source else ""))
+    _print_unreadable(report)
     for direction in ("text_to_image", "image_to_text"):
         r = report[direction]
         print(f"  {direction:<13} R@1 {r['R@1']:.4f}  R@5 {r['R@5']:.4f}  R@10 {r['R@10']:.4f}"

@@ -118,11 +118,14 @@ def test_pretrained_clip_reference_from_a_local_preset(tmp_path):
     assert report["num_examples"] == 4
 
 
-def test_retrieval_end_to_end_and_cache_reuse(model, coco_dir, tmp_path, monkeypatch):
+def test_retrieval_end_to_end_and_cache_reuse(model, coco_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "rt"
     args = ["--model", model, "--dataset", "coco", "--coco-dir", str(coco_dir), "--split", "val2017",
             "--output-dir", str(out)]  # fmt: skip
     assert _run(args, tmp_path) == 0
+    printed = capsys.readouterr().out  # both kinds of skip are on the console, not only in report.json
+    assert "1 unreadable skipped; skipped by the source: missing_file 1, missing_file_captions 3" in printed
+    assert f"unreadable: {coco_dir / 'val2017' / f'{3:012d}.jpg'}" in printed
     report = json.loads((out / "report.json").read_text())
     for direction in ("text_to_image", "image_to_text"):
         assert all(key in report[direction] for key in RANK_KEYS)
