@@ -97,7 +97,7 @@ def sample() -> RunConfig:
     """Tiny towers on the built-in generated sample: offline, a few minutes on 2 CPU cores.
 
     python train.py --captions-per-image 3
-    Expected: validation text->image R@5 far above chance (chance is 5/600 images = 0.8 %).
+    Expected: validation text->image R@5 about 75 % (chance is 5/600 images = 0.8 %), about 1.5 min on 2 CPU cores.
     """
     return RunConfig(
         # Random towers must learn, so both train; the linear head escapes the initial plateau in
