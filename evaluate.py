@@ -182,7 +182,8 @@ def run_zero_shot(args, argv) -> Path:
     print(f"zero-shot {args.dataset}: {report['num_examples']} images, {len(report['class_names'])} classes, "
           f"{report['prompts']['num_templates']} template(s), {report['num_skipped_images']} unreadable skipped")
     _print_unreadable(report)
-    print(f"  accuracy {report['accuracy']:.4f}  top-5 {report['top5_accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}"
+    top5 = f"  top-5 {report['top5_accuracy']:.4f}" if len(report["class_names"]) > 5 else ""  # 1.0 by definition otherwise
+    print(f"  accuracy {report['accuracy']:.4f}{top5}  macro-F1 {report['macro_f1']:.4f}"
           f"  mean per-class recall {report['mean_per_class_recall']:.4f}")  # fmt: skip
     for k, result in report.get("linear_probe", {}).get("results", {}).items():
         what = "zero-shot, same test images" if k == "zero-shot" else f"linear probe, {k}-shot"

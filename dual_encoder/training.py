@@ -351,6 +351,7 @@ def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="aut
     model.fit(
         pairs(train_files, True), validation_data=pairs(val_files, False) if val_files else None,
         epochs=config.train.epochs, callbacks=callbacks + [timer], verbose=verbose,
+        shuffle=False,  # the datasets shuffle themselves; Keras' own flag would only warn that it is ignored
     )
     fit_seconds = time.perf_counter() - fit_started
     if guard.where:

@@ -118,7 +118,7 @@ def test_missing_column_lists_the_columns(tmp_path):
         csv_records(str(path), None, "text", skipped=SkipCounter())
 
 
-def test_jsonl_accepts_caption_lists_and_skips_bad_lines(tmp_path):
+def test_jsonl_accepts_caption_lists_and_skips_bad_lines(tmp_path, caplog):
     make_images(tmp_path / "images", ["7.jpg", "8.jpg"])
     lines = [
         {"id": 7, "caption": ["a red car", "a car"]},
@@ -127,13 +127,16 @@ def test_jsonl_accepts_caption_lists_and_skips_bad_lines(tmp_path):
         {"id": 8, "caption": "a tree"},
         {"id": 7, "caption": "a car"},
         {"caption": "no id here"},
+        {"id": 8, "caption": 42},  # not text: named, not stored as "42"
     ]
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
     skipped = SkipCounter()
-    records = jsonl_records(str(path), "id", "caption", "images/{}.jpg", skipped=skipped)
+    with caplog.at_level(logging.WARNING):
+        records = jsonl_records(str(path), "id", "caption", "images/{}.jpg", skipped=skipped)
     assert [(r.image_id, r.captions) for r in records] == [("7", ["a red car", "a car"]), ("8", ["a tree"])]
-    assert skipped.as_dict() == {"duplicate_caption": 1, "malformed_row": 3}
+    assert skipped.as_dict() == {"duplicate_caption": 1, "malformed_row": 4}
+    assert "line 7: 'caption' is 42, not text or a list of texts" in caplog.text
     with pytest.raises(SourceFormatError, match="no column 'image'; the columns are: id, caption"):
         jsonl_records(str(path), "image", "caption", skipped=SkipCounter())
 

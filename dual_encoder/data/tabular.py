@@ -97,7 +97,12 @@ def jsonl_records(
         if image_column not in row or caption_column not in row:
             table.malformed(line_no, f"no {image_column!r} or {caption_column!r} key")
             continue
-        table.add(line_no, row[image_column], row[caption_column])
+        captions = row[caption_column]
+        if not (captions is None or isinstance(captions, str) or
+                (isinstance(captions, list) and all(isinstance(c, str) for c in captions))):
+            table.malformed(line_no, f"{caption_column!r} is {json.dumps(captions)[:40]}, not text or a list of texts")
+            continue
+        table.add(line_no, row[image_column], captions)
     return table.records()
 
 
