@@ -9,6 +9,7 @@ epochs train the heads on them; evaluation and export still use the whole model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -32,7 +33,9 @@ NO_DECAY = ["logit_scale", "logit_bias", "bias", "gamma", "beta", "gate"]  # as 
 SEQUENCE_PERCENTILE = 99
 PROBE_SEQUENCE_LENGTH = 128
 CAPTION_SAMPLE = 5000
-RESUMABLE_CHANGES = {"epochs", "feature_cache"}  # more (or fewer) epochs; cached or not, the same model
+# More (or fewer) epochs; cached or not, the same model; how shards are written (the shards
+# themselves are compared by data_identity, and these settings do nothing with --tfrecords).
+RESUMABLE_CHANGES = {"epochs", "feature_cache", "val_fraction", "split_seed", "images_per_shard", "max_side"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -277,8 +280,24 @@ def read_log(path: Path) -> dict[str, list[float]]:
     return history
 
 
-def _check_same_config(output_dir: Path, config_dict: dict) -> None:
-    """Resuming into a folder trained with other settings would load mismatched weights."""
+def data_identity(shard_dirs: Sequence[str]) -> list[str]:
+    """What a run trains on, however the folders are spelled: a digest of each folder's manifest
+    (rewritten shards get a new one), or the folder's absolute path where there is none."""
+    from dual_encoder.data.tfrecords import read_manifest
+
+    identity = []
+    for directory in shard_dirs:
+        try:
+            manifest = json.dumps(read_manifest(str(directory)), sort_keys=True, default=str)
+            identity.append(hashlib.sha256(manifest.encode("utf-8")).hexdigest()[:16])
+        except (FileNotFoundError, ValueError):
+            identity.append(os.path.abspath(str(directory)))
+    return sorted(identity)
+
+
+def _check_same_config(output_dir: Path, config_dict: dict, shards: list[str]) -> None:
+    """Resuming into a folder trained with other settings, or on other data, would mix two runs
+    (weights, log.csv, and a best checkpoint chosen across two validation sets)."""
     path = output_dir / "config.json"
     if path.exists() and (output_dir / "backup").exists():
         previous = json.loads(path.read_text())
@@ -286,17 +305,39 @@ def _check_same_config(output_dir: Path, config_dict: dict) -> None:
             f"{section}.{key}" for section in ("model", "data", "train") for key in config_dict[section]
             if previous.get(section, {}).get(key) != config_dict[section][key] and key not in RESUMABLE_CHANGES
         )
-        if changed or previous.get("preset") != config_dict["preset"]:
+        if previous.get("preset") != config_dict["preset"]:
+            changed.append("preset")
+        if previous.get("shards", shards) != shards:
+            changed.append("the training data (other shard folders, or shards written again)")
+        if changed:
             raise ValueError(
-                f"{output_dir} holds a run with other settings ({', '.join(changed) or 'preset'}); "
-                "use a new --output-dir, or the same flags to resume it"
+                f"{output_dir} holds a run with other settings ({', '.join(changed)}); "
+                "use a new --output-dir, or the same flags and data to resume it"
             )
-    path.write_text(json.dumps(config_dict, indent=2))
+    path.write_text(json.dumps({**config_dict, "shards": shards}, indent=2))
 
 
 def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="auto", export: bool = True) -> dict:
     """Trains on shards written by `python -m dual_encoder.data`, resuming if `output_dir` has a
-    backup, then exports and writes `results.json`. Returns the results dict."""
+    backup, then exports and writes `results.json`. Returns the results dict.
+
+    `shard_dirs`: one folder or several (read as one dataset). `verbose`: Keras' fit verbosity
+    ("auto", 0 silent, 1 progress bar, 2 one line per epoch); 0 also hides the feature-extraction
+    progress bar. `export`: write the SavedModel too. Keras' global dtype policy is set from
+    `config.train.mixed_precision` for the call and restored afterwards.
+    """
+    if isinstance(shard_dirs, (str, os.PathLike)):
+        shard_dirs = [shard_dirs]
+    shard_dirs = [str(d) for d in shard_dirs]
+    policy = keras.config.dtype_policy()
+    keras.mixed_precision.set_global_policy(config.train.mixed_precision or "float32")
+    try:
+        return _train(config, shard_dirs, output_dir, verbose, export)
+    finally:  # a later call in the same process (a notebook) must not inherit this run's policy
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export: bool) -> dict:
     from dual_encoder import plots, retrieval
     from dual_encoder.data.tfrecords import list_shards, read_manifest
 
@@ -307,10 +348,8 @@ def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="aut
                          "whole distributed step, replicas and collectives included, which XLA cannot")
     output_dir = worker_output_dir(Path(output_dir), strategy)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_config(output_dir, config.to_dict())
+    _check_same_config(output_dir, config.to_dict(), data_identity(shard_dirs))
     keras.utils.set_random_seed(config.train.seed)
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy(config.train.mixed_precision)
 
     train_files = list_shards(shard_dirs, "train")
     try:

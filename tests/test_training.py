@@ -70,11 +70,32 @@ def test_run_folder_has_every_output(trained):
     assert saved["timings"]["fit_seconds"] > 0
 
 
-def test_other_settings_in_the_same_folder_are_refused(trained, shard_dir):
+def test_other_settings_or_data_in_the_same_folder_are_refused(trained, shard_dir, tmp_path):
     _, output = trained
     (output / "backup").mkdir(exist_ok=True)
     with pytest.raises(ValueError, match="train.learning_rate"):
         training.train(tiny_config(epochs=5, learning_rate=0.5), [shard_dir], output, verbose=0)
+    other = tmp_path / "other_shards"
+    write_shards(sample_records(num_images=40, image_size=48, seed=6), str(other), source_info={"type": "sample"},
+                 skipped=SkipCounter(), val_fraction=0.25, seed=0, progress=False)
+    log_before = (output / "log.csv").read_text()
+    with pytest.raises(ValueError, match="the training data"):  # resuming on other data would mix two runs
+        training.train(tiny_config(epochs=6), [str(other)], output, verbose=0)
+    assert (output / "log.csv").read_text() == log_before
+
+
+def test_each_call_trains_with_its_own_dtype_policy(monkeypatch, tmp_path):
+    """A notebook that trains a mixed-precision run and then a float32 one gets exactly that."""
+    import keras
+
+    seen = []
+    monkeypatch.setattr(training, "_train", lambda config, dirs, *rest: seen.append((keras.config.dtype_policy().name, dirs)))
+    mixed = tiny_config()
+    mixed.train.mixed_precision = "mixed_bfloat16"
+    training.train(mixed, "one_folder", tmp_path)
+    training.train(tiny_config(), [tmp_path], tmp_path)
+    assert seen == [("mixed_bfloat16", ["one_folder"]), ("float32", [str(tmp_path)])]  # a folder, not its letters
+    assert keras.config.dtype_policy().name == "float32"
 
 
 def test_non_finite_loss_stops_with_a_clear_message(shard_dir, tmp_path, monkeypatch):
