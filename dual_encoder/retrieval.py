@@ -14,11 +14,16 @@ Conventions (the ones open_clip and the COCO retrieval literature use):
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import uuid
+import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 RECALL_AT = (1, 5, 10)
 PAIR_ACCURACY_AT = (1, 100)
@@ -165,8 +170,13 @@ class EmbeddingCache:
         self._vectors: dict[str, np.ndarray] = {}
         self._dirty = False
         if self.path.exists():
-            with np.load(self.path, allow_pickle=False) as stored:
-                self._vectors = dict(zip(stored["keys"].tolist(), stored["vectors"]))
+            try:
+                with np.load(self.path, allow_pickle=False) as stored:
+                    self._vectors = dict(zip(stored["keys"].tolist(), stored["vectors"]))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # truncated, foreign, corrupt
+                logger.warning("embedding cache %s is unreadable (%s): computing the embeddings again", self.path,
+                               str(error).splitlines()[0] if str(error) else type(error).__name__)
+                self._vectors = {}
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -188,7 +198,7 @@ class EmbeddingCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = list(self._vectors)
-        tmp = self.path.with_suffix(".tmp.npz")
+        tmp = self.path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}.npz")  # two runs at once never share a temp file
         with open(tmp, "wb") as f:
             np.savez(f, keys=np.asarray(keys, dtype=str), vectors=np.stack([self._vectors[k] for k in keys]))
         os.replace(tmp, self.path)

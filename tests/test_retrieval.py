@@ -105,6 +105,21 @@ def test_cache_roundtrip_and_file_change_invalidates(tmp_path):
     assert retrieval.file_key(item) not in reloaded
 
 
+def test_a_corrupt_cache_file_is_rebuilt_with_a_warning(tmp_path, caplog):
+    cache = retrieval.EmbeddingCache(tmp_path, "model-A")
+    cache.put(["k"], np.ones((1, 3)))
+    cache.save()
+    with open(cache.path, "r+b") as f:  # a run killed while copying the file, a full disk
+        f.truncate(40)
+    with caplog.at_level("WARNING"):
+        broken = retrieval.EmbeddingCache(tmp_path, "model-A")
+    assert len(broken) == 0 and "is unreadable" in caplog.text and str(cache.path) in caplog.text
+    broken.put(["k"], np.full((1, 3), 2.0))
+    broken.save()
+    np.testing.assert_array_equal(retrieval.EmbeddingCache(tmp_path, "model-A").get("k"), [2.0, 2.0, 2.0])
+    assert [p.name for p in tmp_path.iterdir()] == [cache.path.name]  # no temp files left
+
+
 def test_encode_cached_computes_only_missing_and_drops_failures(tmp_path):
     cache = retrieval.EmbeddingCache(tmp_path, "m")
     cache.put(["k0"], np.full((1, 2), 7.0))
