@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from dual_encoder import probe, retrieval, zeroshot
-from dual_encoder.data.folders import IMAGE_EXTENSIONS, DataLayoutError, LabeledImages
+from dual_encoder.data.folders import IMAGE_EXTENSIONS, DataLayoutError, LabeledImages, images_in
 from dual_encoder.data.records import ImageRecord, SkipCounter
 from dual_encoder.embedders import load_rgb
 from dual_encoder.metrics import classification_report
@@ -136,7 +136,7 @@ def list_images(folder) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataLayoutError(f"--images {folder}: no such folder (expected a folder of images, sub-folders allowed)")
-    paths = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = [str(p) for p in images_in(folder)]
     if not paths:
         raise DataLayoutError(f"--images {folder}: no images ({' '.join(IMAGE_EXTENSIONS)}) in it or below it")
     return paths

@@ -141,3 +141,18 @@ def test_csv_labels_clear_errors(tmp_path):
         folders.load_csv_classification(csv_path, "id", "colour", "images/{}.jpg")
     with pytest.raises(folders.DataLayoutError, match="no image with a 'articleType' label among the ids"):
         folders.load_csv_classification(csv_path, "id", "articleType", "images/{}.jpg", only_ids=["404"])
+
+
+def test_symlinked_sub_folders_are_followed_once_and_hidden_files_left_out(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    _touch_images(elsewhere, 2)
+    root = tmp_path / "set"
+    _touch_images(root / "elephant", 1)
+    (root / "elephant" / "more").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(elsewhere, target_is_directory=True)  # must not recurse forever
+    (root / "elephant" / ".hidden.jpg").write_bytes(b"x")
+    (root / "elephant" / "notes.txt").write_text("not an image")
+    found = [p.relative_to(root).as_posix() for p in folders.images_in(root)]
+    assert found == ["elephant/0.jpg", "elephant/more/0.jpg", "elephant/more/1.jpg"]
+    data = folders.load_classification_dataset("folder", str(root))
+    assert len(data.sources) == 3

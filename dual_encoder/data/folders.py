@@ -13,6 +13,7 @@ our own and is tested against the folder list.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -74,8 +75,19 @@ def _layout_error(problem: str, layout: str) -> DataLayoutError:
     return DataLayoutError(f"{problem}\nExpected layout:\n{layout}")
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def images_in(folder: Union[str, Path]) -> list[Path]:
+    """Image files in `folder` and below, sorted. Symlinked sub-folders are followed (each real
+    folder once, so a link loop ends); hidden files and folders (.DS_Store, .git) are left out."""
+    found, visited = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(p for p in found if p.is_file())
 
 
 def load_class_folders(
@@ -91,7 +103,7 @@ def load_class_folders(
     sources, labels, counts = [], [], {}
     class_names = [readable_class_name((class_map or {}).get(f.name, f.name)) for f in folders]
     for label, (folder, name) in enumerate(zip(folders, class_names)):
-        images = _images_in(folder)
+        images = images_in(folder)
         if not images:
             raise _layout_error(f"class folder {folder} contains no images", layout)
         sources.extend(str(p) for p in images)
