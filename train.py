@@ -90,6 +90,10 @@ def main(argv=None) -> int:
             training.TrainingDiverged, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun the same command to resume from the last finished epoch ({output_dir}/backup)",
+              file=sys.stderr)
+        return 130
     report(results, output_dir)
     return 0
 

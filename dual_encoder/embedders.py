@@ -113,12 +113,20 @@ class ImagePrep:
 
 
 def load_rgb(source, name: str = "image") -> np.ndarray:
-    """An HxWx3 uint8 array from a path, encoded bytes or an array, decoded as training decodes.
+    """An HxWx3 uint8 array from a path, encoded bytes, a PIL image or an array (uint8, or float
+    in [0, 1] as the SavedModel takes), decoded as training decodes.
 
-    Raises `MissingImageError` / `UndecodableImageError` (counted as skips by callers).
+    Raises `MissingImageError` / `UndecodableImageError` (counted as skips by callers), and
+    ValueError for float pixels outside [0, 1] (0..255 floats would otherwise be guessed at).
     """
     import tensorflow as tf
 
+    if isinstance(source, Image.Image):
+        source = np.asarray(source.convert("RGB"))
+    if isinstance(source, np.ndarray) and source.dtype.kind == "f":
+        if source.size and not (0.0 <= float(source.min()) and float(source.max()) <= 1.0):
+            raise ValueError(f"{name}: float pixels must be in [0, 1]; pass uint8 for 0..255 pixels")
+        source = np.round(source * 255.0).astype(np.uint8)
     if isinstance(source, np.ndarray) and source.dtype == np.uint8 and source.ndim == 3 and source.shape[2] == 3:
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -152,7 +160,8 @@ class BatchedEmbedder:
         return tqdm(total=total, unit=unit, desc=f"embedding {unit}s", disable=not self.progress, leave=False)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        texts, out = list(texts), []
+        """L2-normalised embeddings [N, D] of N texts (a single string counts as one text)."""
+        texts, out = [texts] if isinstance(texts, str) else list(texts), []
         with self._bar(len(texts), "caption") as bar:
             for start in range(0, len(texts), self.batch_size):
                 batch = texts[start : start + self.batch_size]

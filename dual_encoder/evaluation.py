@@ -76,7 +76,16 @@ def zero_shot(
     shots: Optional[Sequence[probe.Shots]] = None,
     probe_config: probe.ProbeConfig = probe.ProbeConfig(),
 ) -> dict:
-    """Zero-shot classification report; with `shots`, the linear-probe baseline on the same features."""
+    """Zero-shot classification report; with `shots`, the linear-probe baseline on the same features.
+
+    `data`: labelled images, e.g. `folders.load_classification_dataset("folder", DIR)`.
+    `templates_spec`: a set name ("default", "imagenet", "auto"), a file, one template with '{}',
+    or a list of templates. `shots`: e.g. [1, 4, "all"] (see `probe.parse_shots`).
+    """
+    if not isinstance(data, LabeledImages):
+        raise TypeError(f"data must be LabeledImages, not {type(data).__name__}; load a folder with "
+                        "dual_encoder.data.folders.load_classification_dataset('folder', DIR)")
+    shots = probe.parse_shots(shots) if shots else shots
     skipped = SkipCounter()
     image_emb, kept = embed_images(embedder, data.sources, item_keys(data.sources, data.ids), data.ids, cache, skipped)
     if not kept.any():
@@ -142,7 +151,7 @@ def list_images(folder) -> list[str]:
     return paths
 
 
-def folder_index(embedder, folder, cache) -> tuple[retrieval.EmbeddingIndex, SkipCounter]:
+def folder_index(embedder, folder, cache: Optional[retrieval.EmbeddingCache] = None) -> tuple[retrieval.EmbeddingIndex, SkipCounter]:
     """An index of every readable image below `folder`; only new or changed files are embedded."""
     paths, skipped = list_images(folder), SkipCounter()
     embeddings, kept = embed_images(embedder, paths, item_keys(paths, paths), paths, cache, skipped)
@@ -153,6 +162,10 @@ def folder_index(embedder, folder, cache) -> tuple[retrieval.EmbeddingIndex, Ski
 
 def search(embedder, index: retrieval.EmbeddingIndex, query: str, top_k: int = 9) -> list[tuple[str, float]]:
     """(path, cosine score) of the best `top_k` images for a text query, best first."""
+    if not query.strip():
+        raise ValueError("the search query is empty")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
     scores, rows = index.search(embedder.encode_texts([query]), top_k)
     return [(index.keys[i], float(s)) for i, s in zip(rows[0], scores[0])]
 

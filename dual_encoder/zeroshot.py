@@ -9,7 +9,7 @@ points, so the templates used are always recorded in the report (`describe_promp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -92,12 +92,15 @@ def _check(templates: Sequence[str], origin: str) -> list[str]:
     return templates
 
 
-def resolve_templates(spec: Optional[str] = None, dataset: Optional[str] = None) -> tuple[str, list[str]]:
-    """(name, templates) for a set name, 'auto' (per dataset), a file, or one literal template.
+def resolve_templates(spec: Union[str, Sequence[str], None] = None, dataset: Optional[str] = None) -> tuple[str, list[str]]:
+    """(name, templates) for a set name, 'auto' (per dataset), a file, one literal template, or a
+    list of templates (from Python).
 
     A template file has one template per line; blank lines and lines starting with '#' are
     ignored.
     """
+    if isinstance(spec, (list, tuple)):
+        return "list", _check([str(t).strip() for t in spec], "the template list")
     spec = spec or "default"
     if spec == "auto":
         spec = DATASET_TEMPLATES.get(dataset or "", "default")

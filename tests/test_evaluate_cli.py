@@ -259,3 +259,28 @@ def test_a_real_process_shows_the_layout_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert f"error: no Animals-10 folder at {tmp_path / 'animals'}" in result.stderr
     assert "raw-img/" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_library_api_takes_notebook_arguments_and_refuses_wrong_ones(model, colour_folders):
+    """What a notebook passes: one string, a template list, a PIL image, floats in [0, 1]."""
+    from dual_encoder import evaluation
+    from dual_encoder.data import folders
+
+    embedder = embedders.load_embedder(model, progress=False)
+    assert embedder.encode_texts("a red picture").shape[0] == 1  # one text, not one per character
+    data = folders.load_classification_dataset("folder", str(colour_folders))
+    report = evaluation.zero_shot(embedder, data, ["a {} picture.", "something {}"], shots=["1", "all"])
+    assert report["prompts"]["num_templates"] == 2 and report["accuracy"] >= 0.9
+    with pytest.raises(TypeError, match="load_classification_dataset"):
+        evaluation.zero_shot(embedder, str(colour_folders))
+    with pytest.raises(ValueError, match="positive integers"):
+        evaluation.zero_shot(embedder, data, shots=[0])
+    pixels = colour_image("red", np.random.default_rng(0), (40, 40))
+    as_uint8 = embedder.encode_images([pixels])
+    np.testing.assert_allclose(embedder.encode_images([Image.fromarray(pixels)]), as_uint8, atol=1e-6)
+    np.testing.assert_allclose(embedder.encode_images([pixels / 255.0]), as_uint8, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        embedder.encode_images([pixels.astype(np.float32)])
+    index, _ = evaluation.folder_index(embedder, colour_folders, None)
+    with pytest.raises(ValueError, match="at least 1"):
+        evaluation.search(embedder, index, "red", top_k=0)
