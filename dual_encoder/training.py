@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -387,11 +388,14 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
     callbacks, guard = make_callbacks(config, output_dir, has_validation=bool(val_files))
     timer = EpochTimer()
     fit_started = time.perf_counter()
-    model.fit(
-        pairs(train_files, True), validation_data=pairs(val_files, False) if val_files else None,
-        epochs=config.train.epochs, callbacks=callbacks + [timer], verbose=verbose,
-        shuffle=False,  # the datasets shuffle themselves; Keras' own flag would only warn that it is ignored
-    )
+    with warnings.catch_warnings():
+        # Keras warns when a dataset of unknown length ends, as ours do once per epoch by design.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(
+            pairs(train_files, True), validation_data=pairs(val_files, False) if val_files else None,
+            epochs=config.train.epochs, callbacks=callbacks + [timer], verbose=verbose,
+            shuffle=False,  # the datasets shuffle themselves; Keras' own flag would only warn that it is ignored
+        )
     fit_seconds = time.perf_counter() - fit_started
     if guard.where:
         epoch, batch, value = guard.where
