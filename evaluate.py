@@ -29,6 +29,7 @@ CLASSIFICATION = ("animals10", "folder", "tfds:NAME", "csv (with --label-column)
 RETRIEVAL = {"coco": "coco_dir", "csv": "csv", "jsonl": "jsonl", "tfds-captions": "tfds", "sample": "sample",
              "tfrecords": "shards"}  # fmt: skip
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dual_encoder" / "embeddings"
+DEFAULT_SHOTS = ["1", "4", "16", "all"]  # linear-probe training images per class
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep only the N classes with the most images (and their images); the report counts the rest")
     zs.add_argument("--baseline", choices=("linear-probe",),
                     help="also train a linear probe on the same frozen image features")
-    zs.add_argument("--shots", nargs="+", default=["1", "4", "16", "all"], metavar="K",
-                    help="linear probe: training images per class (integers and/or 'all')")
+    zs.add_argument("--shots", nargs="+", metavar="K",
+                    help="linear probe: training images per class (integers and/or 'all'; default: 1 4 16 all); "
+                    "needs --baseline linear-probe")
     zs.add_argument("--probe-steps", type=int, default=300, help="linear probe: full-batch Adam steps")
     rt = parser.add_argument_group("retrieval")
     rt.add_argument("--similarity-n", type=int, default=8, metavar="N",
@@ -158,6 +160,8 @@ def _classification_data(args):
             data.info["restricted_to"] = {"shards": [str(d) for d in args.shards], "split": args.split or "val"}
     else:
         data = folders.load_classification_dataset(args.dataset, args.data_dir, args.split)
+    if args.top_classes is not None and args.top_classes < 2:
+        raise ValueError(f"--top-classes {args.top_classes}: keep at least 2 classes")
     return folders.keep_top_classes(data, args.top_classes) if args.top_classes else data
 
 
@@ -172,7 +176,9 @@ def run_zero_shot(args, argv) -> Path:
     from dual_encoder import evaluation, plots, probe
 
     data = _classification_data(args)  # layout errors before loading a model
-    shots = probe.parse_shots(args.shots) if args.baseline else None
+    if args.shots and not args.baseline:
+        raise ValueError("--shots sets the linear probe's training images: add --baseline linear-probe")
+    shots = probe.parse_shots(args.shots or DEFAULT_SHOTS) if args.baseline else None
     embedder, cache = _embedder_and_cache(args)
     config = probe.ProbeConfig(steps=args.probe_steps)
     report = evaluation.zero_shot(embedder, data, args.templates, args.dataset, cache, shots, config)

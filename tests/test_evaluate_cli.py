@@ -238,13 +238,19 @@ def test_search_finds_matches_and_updates_the_index(model, colour_folders, tmp_p
         (["--dataset", "imagenet"], "is not known"),
         ([], "say what to evaluate"),
         (["--dataset", "coco", "--split", "val2017"], "needs --coco-dir"),
+        (["--dataset", "folder", "--data-dir", "TWO_CLASSES", "--shots", "4"], "add --baseline linear-probe"),
+        (["--dataset", "folder", "--data-dir", "TWO_CLASSES", "--top-classes", "0"], "keep at least 2 classes"),
     ],
 )
 def test_bad_input_gives_one_clear_error(args, message, model, tmp_path, capsys):
     (tmp_path / "cats").mkdir()
     (tmp_path / "dogs").mkdir()
     (tmp_path / "cats" / "a.png").write_bytes(b"x")
-    args = [str(tmp_path) if a == "EMPTY_CLASS" else a for a in args]
+    (tmp_path / "two" / "red").mkdir(parents=True)
+    (tmp_path / "two" / "blue").mkdir()
+    (tmp_path / "two" / "red" / "a.png").write_bytes(b"x")
+    (tmp_path / "two" / "blue" / "b.png").write_bytes(b"x")
+    args = [{"EMPTY_CLASS": str(tmp_path), "TWO_CLASSES": str(tmp_path / "two")}.get(a, a) for a in args]
     assert _run(["--model", model, *args], tmp_path) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
