@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from pathlib import Path
 from typing import Optional
 
 from dual_encoder.data import tfrecords
@@ -79,6 +80,16 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def _beside_repository(path: str) -> str:
+    """`path` as written when it exists from the working directory (the README's commands run in
+    the repository); otherwise the same path from the repository, so a notebook one folder
+    deeper still finds ../shared."""
+    if Path(path).exists():
+        return path
+    from_repository = Path(__file__).resolve().parents[1] / path
+    return str(from_repository.resolve()) if from_repository.exists() else path
+
+
 # The two pretrained towers that load offline (../shared/weights, next to the repository).
 SHARED_IMAGE_ENCODER = "../shared/weights/efficientnet_lite0_keras"
 SHARED_TEXT_ENCODER = "../shared/weights/all-minilm-l6-v2"
@@ -136,7 +147,8 @@ def lit_small() -> RunConfig:
     # points); 3 captions per image lost ~6 points of zero-shot accuracy to 5. The class prior
     # (top-10, as in the ConSE paper) raised validation text->image R@1 from 31.8 to 35.5 % (R@5 tied).
     return RunConfig(
-        model=ModelConfig(image_encoder=SHARED_IMAGE_ENCODER, text_encoder=SHARED_TEXT_ENCODER, head="linear",
+        model=ModelConfig(image_encoder=_beside_repository(SHARED_IMAGE_ENCODER),
+                          text_encoder=_beside_repository(SHARED_TEXT_ENCODER), head="linear",
                           logit_scale=math.log(12.0), learn_temperature=False, class_prior=True),
         data=DataConfig(captions_per_image=5),
         train=TrainConfig(batch_size=128, epochs=20, learning_rate=1e-2, weight_decay=1e-3, early_stopping_patience=3,

@@ -1,6 +1,7 @@
 """Run configuration: presets, flags that override them, and --help that shows each preset's value."""
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,12 @@ def test_flags_override_only_what_was_given():
     assert config.train.learning_rate == run_config.get_preset("lit-small").train.learning_rate
     with pytest.raises(ValueError, match="lit-small"):
         run_config.get_preset("lit_small")
+
+
+def test_lit_small_finds_the_shared_towers_from_another_working_directory(tmp_path, monkeypatch):
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
+    if not shared.is_dir():
+        pytest.skip("../shared is absent")
+    monkeypatch.chdir(tmp_path)  # a notebook in some other folder
+    model = run_config.get_preset("lit-small").model
+    assert Path(model.image_encoder) == (shared / "efficientnet_lite0_keras").resolve() and Path(model.text_encoder).is_dir()
