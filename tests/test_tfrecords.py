@@ -277,10 +277,10 @@ def test_cli_killed_mid_shard_resumes_without_duplicates(tmp_path, capsys):
 def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
     path = tmp_path / "latin.csv"
     path.write_bytes("image,caption\na.jpg,caf\xe9\n".encode("latin-1"))
-    assert main(["--csv", str(path), *CSV_FLAGS, "--out", str(tmp_path / "out")]) == 1
+    assert main(["--csv", str(path), *CSV_FLAGS, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {path}, line 2: not UTF-8 text (byte 0xe9 at column 10); re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"]
-    assert main(["--coco-dir", str(tmp_path), "--split", "val2017", "--out", str(tmp_path / "o")]) == 1
+    assert main(["--coco-dir", str(tmp_path), "--split", "val2017", "--out", str(tmp_path / "o")]) == 2
     assert "captions_val2017.json: no such COCO captions file" in capsys.readouterr().err
 
 

@@ -67,7 +67,10 @@ def main(argv=None) -> int:
         )
     except (ValueError, OSError, tf.errors.OpError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2  # as train.py and evaluate.py (and argparse) do for bad input
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to finish (written shards are kept)", file=sys.stderr)
+        return 130
     return 0
 
 
