@@ -178,9 +178,9 @@ def _shown(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def preset_values(section: str, name: str) -> str:
+def preset_values(presets: dict[str, RunConfig], section: str, name: str) -> str:
     """Each preset's value of one field, for --help: "default: X" when they agree, else "reference: X; sample: Y"."""
-    values = {preset: _shown(getattr(getattr(make(), section), name)) for preset, make in PRESETS.items()}
+    values = {preset: _shown(getattr(getattr(run, section), name)) for preset, run in presets.items()}
     if len(set(values.values())) == 1:
         return f"default: {next(iter(values.values()))}"
     return "; ".join(f"{preset}: {value}" for preset, value in values.items())
@@ -188,10 +188,11 @@ def preset_values(section: str, name: str) -> str:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field; default None means "keep the preset's value"."""
+    presets = {name: make() for name, make in PRESETS.items()}  # built once, not once per flag
     for section, cls in _SECTIONS.items():
         group = parser.add_argument_group(f"{section} options (override the preset)")
         for f in dataclasses.fields(cls):
-            shown = preset_values(section, f.name)
+            shown = preset_values(presets, section, f.name)
             agreed_and_said = shown.startswith("default:") and "default:" in f.metadata["help"]
             help_text = f.metadata["help"] if agreed_and_said else f"{f.metadata['help']} ({shown})"
             if f.type in ("bool", bool):
