@@ -281,18 +281,28 @@ def read_log(path: Path) -> dict[str, list[float]]:
     return history
 
 
-def data_identity(shard_dirs: Sequence[str]) -> list[str]:
-    """What a run trains on, however the folders are spelled: a digest of each folder's manifest
-    (rewritten shards get a new one), or the folder's absolute path where there is none."""
+def read_manifests(shard_dirs: Sequence[str]) -> dict[str, Optional[dict]]:
+    """Each shard folder's manifest (None for a folder without one), read once per run."""
     from dual_encoder.data.tfrecords import read_manifest
 
-    identity = []
+    manifests = {}
     for directory in shard_dirs:
         try:
-            manifest = json.dumps(read_manifest(str(directory)), sort_keys=True, default=str)
-            identity.append(hashlib.sha256(manifest.encode("utf-8")).hexdigest()[:16])
+            manifests[directory] = read_manifest(directory)
         except (FileNotFoundError, ValueError):
-            identity.append(os.path.abspath(str(directory)))
+            manifests[directory] = None
+    return manifests
+
+
+def data_identity(manifests: dict[str, Optional[dict]]) -> list[str]:
+    """What a run trains on, however the folders are spelled: a digest of each folder's manifest
+    (rewritten shards get a new one), or the folder's absolute path where there is none."""
+    identity = []
+    for directory, manifest in manifests.items():
+        if manifest is None:
+            identity.append(os.path.abspath(directory))
+        else:
+            identity.append(hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16])
     return sorted(identity)
 
 
@@ -340,7 +350,7 @@ def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="aut
 
 def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export: bool) -> dict:
     from dual_encoder import plots, retrieval
-    from dual_encoder.data.tfrecords import list_shards, read_manifest
+    from dual_encoder.data.tfrecords import list_shards
 
     started = time.perf_counter()
     strategy = make_strategy(config.train.strategy)  # first: MultiWorkerMirroredStrategy must precede any TF op
@@ -349,7 +359,8 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
                          "whole distributed step, replicas and collectives included, which XLA cannot")
     output_dir = worker_output_dir(Path(output_dir), strategy)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_config(output_dir, config.to_dict(), data_identity(shard_dirs))
+    manifests = read_manifests(shard_dirs)
+    _check_same_config(output_dir, config.to_dict(), data_identity(manifests))
     keras.utils.set_random_seed(config.train.seed)
 
     train_files = list_shards(shard_dirs, "train")
@@ -422,12 +433,6 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         export_saved_model(model, str(output_dir / "saved_model"))
         export_seconds = time.perf_counter() - export_started
 
-    manifests = {}
-    for d in shard_dirs:
-        try:
-            manifests[str(d)] = read_manifest(d)
-        except (FileNotFoundError, ValueError):
-            manifests[str(d)] = None
     results = {
         "config": config.to_dict(),
         "towers": {"image": image_tower.spec, "text": text_tower.spec},
