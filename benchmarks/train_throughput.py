@@ -320,13 +320,14 @@ def main(argv=None) -> dict:
             results["cached"] = measured(cached_throughput, *cached, jit_compile=True)
             results["cached_no_xla"] = measured(cached_throughput, *cached)
         if "towers" in parts:
+            step_towers = image, text
             if args.mixed_precision:  # as train() does: towers and heads built under the policy
                 keras.mixed_precision.set_global_policy(args.mixed_precision)
                 (Path(tmp) / "mixed").mkdir()
-                image, text = build_towers(args.towers, args.sequence_length, Path(tmp) / "mixed")
+                step_towers = build_towers(args.towers, args.sequence_length, Path(tmp) / "mixed")
             for mode, trainable in (("trainable", True), ("frozen_recomputed", False)):
-                results[mode] = measured(step_throughput, image, text, trainable, args.tower_batch, args.steps, args.jit_compile)
-            keras.mixed_precision.set_global_policy("float32")
+                results[mode] = measured(step_throughput, *step_towers, trainable, args.tower_batch, args.steps, args.jit_compile)
+            keras.mixed_precision.set_global_policy("float32")  # extraction below keeps the float32 towers
         if "extraction" in parts:
             results["extraction"] = measured(extraction_throughput, image, text, args.extract_images, Path(tmp))
     if "text_buckets" in parts:
