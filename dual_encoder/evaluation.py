@@ -164,8 +164,6 @@ def search(embedder, index: retrieval.EmbeddingIndex, query: str, top_k: int = 9
     """(path, cosine score) of the best `top_k` images for a text query, best first."""
     if not query.strip():
         raise ValueError("the search query is empty")
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
     scores, rows = index.search(embedder.encode_texts([query]), top_k)
     return [(index.keys[i], float(s)) for i, s in zip(rows[0], scores[0])]
 

@@ -71,6 +71,8 @@ class EmbeddingIndex:
         columns that beat it for some query (usually a handful), so the costly top-k selection
         runs once and the rest is a matrix product and a comparison per chunk.
         """
+        if k < 1:  # numpy's own error here is about broadcasting shapes
+            raise ValueError(f"top_k must be at least 1, got {k}")
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         k = min(k, len(self.embeddings))
         best_scores = np.zeros((len(queries), 0), np.float32)
