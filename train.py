@@ -103,7 +103,7 @@ def report(results: dict, output_dir: str) -> None:
     t2i, i2t = retrieval["text_to_image"], retrieval["image_to_text"]
     images = retrieval.get("num_images") or 0
     chance = f" (chance R@5 {min(1.0, 5 / images):.1%})" if images else ""
-    done, now = results["epochs_run"], results.get("epochs_this_call", results["epochs_run"])
+    done, now = results["epochs_run"], results["epochs_this_call"]
     epochs = lambda n: f"{n} epoch{'s' if n != 1 else ''}"  # noqa: E731
     if now == 0:
         print(f"\nNothing left to train: {output_dir} holds a finished run of {epochs(done)} (pass another --output-dir "
