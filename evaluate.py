@@ -168,7 +168,8 @@ def _classification_data(args):
 def _print_unreadable(report: dict, shown: int = 5) -> None:
     names = report.get("unreadable_images", [])
     if names:
-        more = f" ... ({report['num_skipped_images']} in all, listed in report.json)" if report["num_skipped_images"] > shown else ""
+        total = report["num_skipped_images"]
+        more = f" ... ({total} in all, listed in report.json)" if total > shown else ""
         print("  unreadable: " + ", ".join(names[:shown]) + more)
 
 

@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(run_config.PRESETS), default=None,
                         help="named configuration to start from (default: sample without data flags, reference with them)")
     parser.add_argument("--tfrecords", nargs="+", metavar="DIR",
-                        help="train on shards already written by python -m dual_encoder.data (several folders are read as one dataset)")
+                        help="train on shards already written by python -m dual_encoder.data (several folders are read as one "
+                             "dataset)")
     parser.add_argument("--shards-dir", metavar="DIR",
                         help="where a caption source's shards are written (default: tfrecords/<source>); reused when complete")
     parser.add_argument("--output-dir", metavar="DIR", help="run folder (default: runs/<preset>)")
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     config = run_config.apply_overrides(run_config.get_preset(preset), args)
     output_dir = args.output_dir or os.path.join("runs", preset)
 
-    from dual_encoder import training, towers
+    from dual_encoder import towers, training
     from dual_encoder.data.collect import SourceFormatError
     from dual_encoder.data.tfrecords import ConfigMismatchError, NoShardsError
 

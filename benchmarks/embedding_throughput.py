@@ -61,6 +61,12 @@ def _random_unit(n: int, dim: int, rng) -> np.ndarray:
     return x
 
 
+def _search_seconds(index: EmbeddingIndex, queries: np.ndarray, repeats: int) -> float:
+    """Median seconds of one top-K search for all queries; the index is freed when this returns."""
+    index.search(queries, TOP_K)  # warm-up
+    return _seconds(lambda: index.search(queries, TOP_K), repeats)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model as for evaluate.py (default: the colour test SavedModel)")
@@ -101,12 +107,9 @@ def main(argv=None) -> None:
     print(f"{'search (exact, top-%d, %d queries)' % (TOP_K, QUERIES):<34}{'ms/batch':>12}{'ms/query':>12}{'queries/s':>12}")
     queries = _random_unit(QUERIES, args.dim, rng)
     for size in args.sizes:
-        index = EmbeddingIndex(_random_unit(size, args.dim, rng))
-        index.search(queries, TOP_K)  # warm-up
-        seconds = _seconds(lambda: index.search(queries, TOP_K), args.repeats)
+        seconds = _search_seconds(EmbeddingIndex(_random_unit(size, args.dim, rng)), queries, args.repeats)
         print(f"{f'{size:,} stored x {args.dim}-d':<34}{seconds * 1e3:>12.1f}{seconds * 1e3 / QUERIES:>12.3f}"
               f"{QUERIES / seconds:>12.0f}")  # fmt: skip
-        del index
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import dual_encoder  # noqa: E402,F401  (sets TensorFlow's environment before it is imported)
 import tensorflow as tf  # noqa: E402
 
+import dual_encoder  # noqa: E402,F401  (sets TensorFlow's environment before it is imported)
 from dual_encoder import towers  # noqa: E402
 from dual_encoder.data import pipeline  # noqa: E402
 from dual_encoder.data.records import ImageRecord, SkipCounter  # noqa: E402
@@ -112,7 +112,8 @@ def main(argv=None) -> int:
         ("Xception-299 forward (random weights)", xception_rate),
     ]
     print(f"\nInput pipeline at 299 px, {args.images} images ({what}), batch {args.batch_size}, "
-          f"{platform.processor() or platform.machine()}, {tf.config.threading.get_inter_op_parallelism_threads() or 'auto'} threads")
+          f"{platform.processor() or platform.machine()}, {tf.config.threading.get_inter_op_parallelism_threads() or 'auto'} "
+          f"threads")
     print(f"| {'path':<66} | {'images/s':>9} | {'x Xception':>10} |")
     print(f"|{'-' * 68}|{'-' * 11}|{'-' * 12}|")
     for name, value in rows:

@@ -302,8 +302,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-ablation", action="store_true", help="skip the ablation trained without the class prior")
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES),
                         help="training data (without fashion_small, the fashion tasks are skipped)")
-    parser.add_argument("--shards-dir", type=Path, default=ROOT / "tfrecords" / "quality", help="where the shards are written (reused when complete)")
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "quality", help="runs and embedding cache (runs are retrained)")
+    parser.add_argument("--shards-dir", type=Path, default=ROOT / "tfrecords" / "quality", help="where the shards are written "
+        "(reused when complete)")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "quality", help="runs and embedding cache (runs are "
+        "retrained)")
     parser.add_argument("--reuse-features", action="store_true",
                         help="keep tower features cached by an earlier run (default: extract again, so that it is timed)")
     parser.add_argument("--keep-models", action="store_true", help="keep each run's checkpoints, model.keras and SavedModel")
@@ -339,7 +341,8 @@ def main(argv=None) -> int:
             per_seed[variant].append(metrics)
             runs[variant][seed] = {"run_dir": str(run_dir), "metrics": metrics, "val_retrieval": results["retrieval"],
                                    "final": results["final"], "feature_cache": results["feature_cache"],
-                                   "per_class_recall": {name: reports[name]["per_class_recall"] for name in PER_CLASS if name in reports}}  # fmt: skip
+                                   "per_class_recall": {name: reports[name]["per_class_recall"]
+                                                        for name in PER_CLASS if name in reports}}  # fmt: skip
             details.setdefault(variant, reports)  # prompts, preprocessing, data: the same for every seed
             trained_on = trained_on or results["data"]  # shard folders and their manifests
             print("  " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if not k.endswith("seconds")), flush=True)

@@ -64,11 +64,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-import dual_encoder  # noqa: E402,F401  (sets TensorFlow's environment before it is imported)
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import dual_encoder  # noqa: E402,F401  (sets TensorFlow's environment before it is imported)
 from dual_encoder import config as run_config  # noqa: E402
 from dual_encoder import feature_cache, towers, training  # noqa: E402
 from dual_encoder.data import pipeline  # noqa: E402
@@ -254,7 +254,8 @@ def coco_captions(paths, n: int) -> list:
 
 def device_info() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+                if line.startswith("model "
+                                   "name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
             "platform": platform.platform(), "python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "keras_hub": keras_hub.__version__,
@@ -283,10 +284,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--bucket-tower", type=Path, default=SHARED / "weights" / "all-minilm-l6-v2",
                         help="text tower folder for the length-bucket part (skipped when absent)")
     parser.add_argument("--bucket-captions", type=Path, nargs="+",
-                        default=[SHARED / "data" / "coco_mini" / "annotations" / f"captions_{split}2017.json" for split in ("train", "val")],
+                        default=[SHARED / "data" / "coco_mini" / "annotations" / f"captions_{split}2017.json"
+                                 for split in ("train", "val")],
                         help="COCO caption files for the length-bucket part")
     parser.add_argument("--bucket-count", type=int, default=500, help="captions in the length-bucket part")
-    parser.add_argument("--bucket-lengths", type=int, nargs="+", default=[64, 256], help="sequence lengths of the length-bucket part")
+    parser.add_argument("--bucket-lengths", type=int, nargs="+", default=[64, 256], help="sequence lengths of the length-bucket "
+        "part")
     parser.add_argument("--max-load", type=float, help="before each measurement, wait (up to --wait minutes) for the "
                         "1-minute load average to fall below this: other jobs on the machine slow every figure")
     parser.add_argument("--wait", type=float, default=10, help="minutes to wait for --max-load, per measurement")
@@ -359,13 +362,16 @@ def main(argv=None) -> dict:
         names = {"trainable": "towers trainable", "frozen_recomputed": "towers frozen, recomputed",
                  "cached": "towers frozen, cached features (XLA, as train() runs it)",
                  "cached_no_xla": "towers frozen, cached features, without XLA"}
-        print(f"\n| mode | batch | pairs/s | epoch of {epoch_pairs:,} pairs | vs trainable | load average | other processes' CPU |")
+        print(f"\n| mode | batch | pairs/s | epoch of {epoch_pairs:,} pairs | vs trainable | load average | other processes' "
+              f"CPU |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for mode in modes:
             r = results[mode]
             versus = f"{rate[mode] / rate['trainable']:,.1f}x" if "trainable" in rate else "-"
-            print(f"| {names[mode]} | {r['batch_size']} | {r['pairs_per_second']:,.1f} | {_duration(r['epoch_seconds_for_epoch_pairs'])} "
-                  f"| {versus} | {r['load_average'][0]:.1f} -> {r['load_average'][1]:.1f} | {r['other_processes_cpu_share']:.2f} cores |")
+            print(f"| {names[mode]} | {r['batch_size']} | {r['pairs_per_second']:,.1f} | "
+                  f"{_duration(r['epoch_seconds_for_epoch_pairs'])} "
+                  f"| {versus} | {r['load_average'][0]:.1f} -> {r['load_average'][1]:.1f} | "
+                  f"{r['other_processes_cpu_share']:.2f} cores |")
         if {"cached", "trainable", "frozen_recomputed"} <= set(rate):
             report["ratios"] = {"cached_vs_frozen_recomputed": rate["cached"] / rate["frozen_recomputed"],
                                 "cached_vs_trainable": rate["cached"] / rate["trainable"],
@@ -374,13 +380,16 @@ def main(argv=None) -> dict:
         for mode in ("cached", "cached_no_xla"):
             if mode in results:
                 r = results[mode]
-                print(f"{mode} epoch: {r['steady_epoch_seconds']:.1f} s, {statistics.median(r['epoch_cpu_seconds'][1:]):.1f} CPU s "
+                print(f"{mode} epoch: {r['steady_epoch_seconds']:.1f} s, {statistics.median(r['epoch_cpu_seconds'][1:]):.1f} "
+                      f"CPU s "
                       f"of this process (first, with tracing: {r['first_epoch_seconds']:.1f} s)")
     if "extraction" in results:
         extraction = results["extraction"]
         one_off = args.images / extraction["images_per_second"] + args.images * args.captions / extraction["captions_per_second"]
-        report["extraction_estimate_seconds"] = {"images": args.images, "captions": args.images * args.captions, "seconds": one_off}
-        print(f"one-off extraction (tower forward, measured on {extraction['images']} images / {extraction['captions']} captions): "
+        report["extraction_estimate_seconds"] = {"images": args.images, "captions": args.images * args.captions,
+                                                 "seconds": one_off}
+        print(f"one-off extraction (tower forward, measured on {extraction['images']} images / {extraction['captions']} "
+              f"captions): "
               f"{extraction['images_per_second']:.1f} images/s, {extraction['captions_per_second']:.1f} captions/s -> about "
               f"{_duration(one_off)} for {args.images:,} images x {args.captions} captions, once")
     if "ratios" in report:
@@ -395,18 +404,24 @@ def main(argv=None) -> dict:
         print(f"GPU target (towers trainable >= 2,000 pairs/s): {rate:,.0f} pairs/s, {'met' if rate >= 2000 else 'NOT met'}")
     if "text_buckets" in results:
         b = results["text_buckets"]
-        print(f"\nCaption features by length bucket: {Path(b['tower']).name} ({b['pooling']} pooling), {b['captions']} COCO captions "
-              f"(tokens: mean {b['token_counts']['mean']:.1f}, p99 {b['token_counts']['p99']:.0f}, max {b['token_counts']['max']}), "
+        print(f"\nCaption features by length bucket: {Path(b['tower']).name} ({b['pooling']} pooling), {b['captions']} COCO "
+              f"captions "
+              f"(tokens: mean {b['token_counts']['mean']:.1f}, p99 {b['token_counts']['p99']:.0f}, max "
+              f"{b['token_counts']['max']}), "
               f"batch {b['batch_size']}, load average {b['load_average'][0]:.1f} -> {b['load_average'][1]:.1f}")
         print("\n| sequence length | captions run at | captions/s | seconds | speed-up | max difference vs full length |")
         print("|---:|---|---:|---:|---:|---:|")
         for row in b["rows"]:
-            at = "by bucket " + " / ".join(f"{k}: {v}" for k, v in row["captions_per_bucket"].items()) if row["bucketed"] else "full length"
+            at = "by bucket " + " / ".join(f"{k}: "
+                                           f"{v}" for k,
+                                           v in row["captions_per_bucket"].items()) if row["bucketed"] else "full length"
             speedup = f"{row['speedup']:.1f}x" if row["bucketed"] else ""
             difference = f"{row['max_abs_difference_vs_full']:.1e}" if row["bucketed"] else ""
-            print(f"| {row['sequence_length']} | {at} | {row['captions_per_second']:.1f} | {row['seconds']:.1f} | {speedup} | {difference} |")
+            print(f"| {row['sequence_length']} | {at} | {row['captions_per_second']:.1f} | {row['seconds']:.1f} | {speedup} | "
+                  f"{difference} |")
 
-    output = args.output or (ROOT / "benchmarks" / "results" / f"train_throughput-{args.towers}.json" if parts == set(PARTS) else None)
+    default_output = ROOT / "benchmarks" / "results" / f"train_throughput-{args.towers}.json"
+    output = args.output or (default_output if parts == set(PARTS) else None)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2))

@@ -22,36 +22,48 @@ def _field(default, help: str, **metadata):
 
 @dataclasses.dataclass
 class ModelConfig:
-    image_encoder: str = _field("xception", "image tower: a name (xception, resnet50, efficientnetb0, a keras-hub preset, tiny) or a local keras-hub preset directory")
-    text_encoder: str = _field("bert_base_en_uncased", "text tower: a keras-hub preset name (bert_base_en_uncased, bert_small_en_uncased, gpt2_base_en, tiny) or a local preset / Hugging Face directory")
+    image_encoder: str = _field("xception", "image tower: a name (xception, resnet50, efficientnetb0, a keras-hub preset, tiny) "
+                                            "or a local keras-hub preset directory")
+    text_encoder: str = _field("bert_base_en_uncased", "text tower: a keras-hub preset name (bert_base_en_uncased, "
+                                                       "bert_small_en_uncased, gpt2_base_en, tiny) or a local preset / Hugging "
+                                                       "Face directory")
     pretrained: bool = _field(True, "load pretrained tower weights (--no-pretrained: random initialisation, nothing to download)")
-    image_weights: Optional[str] = _field(None, "a local weights file for a keras.applications image tower, instead of downloading ImageNet weights")
+    image_weights: Optional[str] = _field(None, "a local weights file for a keras.applications image tower, instead of "
+                                                "downloading ImageNet weights")
     image_size: Optional[int] = _field(None, "image side in pixels (default: the image tower's own)")
-    sequence_length: Optional[int] = _field(None, "caption length in tokens (default: chosen from the data, the 99th percentile of token counts)")
+    sequence_length: Optional[int] = _field(None, "caption length in tokens (default: chosen from the data, the 99th percentile "
+                                                  "of token counts)")
     vocabulary_size: int = _field(1000, "WordPiece vocabulary size of the tiny text tower (built from the training captions)")
     projection_dim: int = _field(256, "size of the shared embedding space")
-    head: str = _field("mlp", "projection head: mlp (Dense-GELU-Dense-Dropout-residual-LayerNorm, the reference) or linear", choices=("mlp", "linear"))
+    head: str = _field("mlp", "projection head: mlp (Dense-GELU-Dense-Dropout-residual-LayerNorm, the reference) or "
+                              "linear", choices=("mlp", "linear"))
     dropout: float = _field(0.1, "dropout in the projection heads")
     logit_scale: float = _field(LOGIT_SCALE_INIT, "initial log logit scale (log(1/0.07) as in CLIP)")
     learn_temperature: bool = _field(True, "learn the temperature (--no-learn-temperature keeps --logit-scale fixed)")
-    loss: str = _field("infonce", "contrastive loss: infonce (symmetric CLIP loss), soft_target (Keras example), siglip", choices=("infonce", "soft_target", "siglip"))
+    loss: str = _field("infonce", "contrastive loss: infonce (symmetric CLIP loss), soft_target (Keras example), "
+                                  "siglip", choices=("infonce", "soft_target", "siglip"))
     train_image_tower: bool = _field(False, "fine-tune the image tower (frozen by default, as in the reference recipe)")
     train_text_tower: bool = _field(False, "fine-tune the text tower (frozen by default)")
     trainable_layers: Optional[int] = _field(None, "when fine-tuning a tower, train only its last N layers")
-    class_prior: bool = _field(False, "ConSE class prior: map each image also to the text features of the top ImageNet classes its own pretrained classifier predicts, so zero-shot reaches concepts the captions never name (needs a keras-hub image preset with its ImageNet head)")
+    class_prior: bool = _field(False, "ConSE class prior: map each image also to the text features of the top ImageNet classes "
+                                      "its own pretrained classifier predicts, so zero-shot reaches concepts the captions never "
+                                      "name (needs a keras-hub image preset with its ImageNet head)")
     class_prior_top_k: int = _field(10, "classes averaged by the class prior, weighted by their softmax probability")
 
 
 @dataclasses.dataclass
 class DataConfig:
     captions_per_image: int = _field(3, "(image, caption) pairs per image and epoch, captions sampled without replacement")
-    val_fraction: float = _field(tfrecords.VAL_FRACTION, "fraction of images (never captions) held out for validation when writing shards")
-    split_seed: int = _field(tfrecords.SPLIT_SEED, "seed of that train/val split by image (python -m dual_encoder.data --seed has the same default, so both tools write the same split)")
+    val_fraction: float = _field(tfrecords.VAL_FRACTION, "fraction of images (never captions) held out for validation when "
+                                                         "writing shards")
+    split_seed: int = _field(tfrecords.SPLIT_SEED, "seed of that train/val split by image (python -m dual_encoder.data --seed "
+                                                   "has the same default, so both tools write the same split)")
     images_per_shard: int = _field(tfrecords.IMAGES_PER_SHARD, "images per TFRecord shard when writing shards")
     max_side: Optional[int] = _field(None, "re-encode images whose longer side exceeds N pixels when writing shards")
     shuffle_buffer: int = _field(10_000, "pairs in the shuffle buffer")
     cache: bool = _field(False, "keep parsed shards in memory after the first epoch")
-    feature_cache: bool = _field(True, "with both towers frozen, compute their features once, store them next to the shards and train the heads on them (--no-feature-cache: recompute every epoch)")
+    feature_cache: bool = _field(True, "with both towers frozen, compute their features once, store them next to the shards and "
+                                       "train the heads on them (--no-feature-cache: recompute every epoch)")
 
 
 @dataclasses.dataclass
@@ -61,11 +73,14 @@ class TrainConfig:
     learning_rate: float = _field(1e-3, "AdamW learning rate")
     weight_decay: float = _field(1e-3, "AdamW weight decay (never applied to the temperature, biases or norms)")
     early_stopping_patience: int = _field(5, "stop after N epochs without val_loss improvement (best weights restored)")
-    reduce_lr_patience: int = _field(3, "multiply the learning rate by --reduce-lr-factor after N epochs without val_loss improvement")
+    reduce_lr_patience: int = _field(3, "multiply the learning rate by --reduce-lr-factor after N epochs without val_loss "
+                                        "improvement")
     reduce_lr_factor: float = _field(0.2, "factor applied by ReduceLROnPlateau")
     seed: int = _field(42, "random seed (weights, shuffling, caption sampling; the data split has --split-seed)")
-    strategy: str = _field("default", "tf.distribute strategy: default (one device), mirrored (all GPUs here), multiworker (TF_CONFIG)", choices=("default", "mirrored", "multiworker"))
-    mixed_precision: Optional[str] = _field(None, "Keras dtype policy for GPUs, e.g. mixed_float16 or mixed_bfloat16 (slower on CPU)")
+    strategy: str = _field("default", "tf.distribute strategy: default (one device), mirrored (all GPUs here), multiworker "
+                                      "(TF_CONFIG)", choices=("default", "mirrored", "multiworker"))
+    mixed_precision: Optional[str] = _field(None, "Keras dtype policy for GPUs, e.g. mixed_float16 or mixed_bfloat16 (slower on "
+                                                  "CPU)")
     jit_compile: bool = _field(False, "compile the train step with XLA (good for text towers and GPUs; slow for Xception on CPU)")
 
 
@@ -196,7 +211,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             agreed_and_said = shown.startswith("default:") and "default:" in f.metadata["help"]
             help_text = f.metadata["help"] if agreed_and_said else f"{f.metadata['help']} ({shown})"
             if f.type in ("bool", bool):
-                group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+                group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                   help=help_text)
             else:
                 kind = {"int": int, "float": float, "str": str}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
                 choices = f.metadata.get("choices")

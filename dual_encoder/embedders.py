@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -308,7 +307,8 @@ def _converter_prep(converter) -> ImagePrep:
     config = converter.get_config()
     mode = "crop" if config.get("crop_to_aspect_ratio") else "pad" if config.get("pad_to_aspect_ratio") else "squash"
     interpolation = config.get("interpolation", "bicubic")
-    return ImagePrep(int(max(converter.image_size)), mode, interpolation if interpolation in _PIL_FILTERS else "bicubic", "pillow")
+    return ImagePrep(int(max(converter.image_size)), mode, interpolation if interpolation in _PIL_FILTERS else "bicubic",
+                     "pillow")
 
 
 class KerasHubClipEmbedder(BatchedEmbedder):
@@ -324,7 +324,8 @@ class KerasHubClipEmbedder(BatchedEmbedder):
             raise _offline_error(self.preset, error) from error
         kind = type(self.backbone).__name__
         if kind not in KERAS_HUB_PREPROCESSORS:
-            raise EmbedderError(f"{self.preset} is a {kind}; only {sorted(KERAS_HUB_PREPROCESSORS)} can embed both images and texts")
+            raise EmbedderError(f"{self.preset} is a {kind}; only {sorted(KERAS_HUB_PREPROCESSORS)} can embed both images and "
+                                f"texts")
         preprocessor_cls = getattr(keras_hub.models, KERAS_HUB_PREPROCESSORS[kind])
         # Text and images are preprocessed separately: one text-only preprocessor, one converter.
         self.text_preprocessor = preprocessor_cls.from_preset(self.preset, image_converter=None)
@@ -347,7 +348,8 @@ class KerasHubClipEmbedder(BatchedEmbedder):
             "backbone": type(self.backbone).__name__,
             "config_sha1": hashlib.sha1(json.dumps(self.backbone.get_config(), sort_keys=True, default=str).encode()).hexdigest(),
             "sequence_length": int(self.text_preprocessor.sequence_length),
-            "image_converter": {k: v for k, v in self.image_converter.get_config().items() if k not in ("name", "dtype", "trainable")},
+            "image_converter": {k: v for k, v in self.image_converter.get_config().items() if k not in ("name", "dtype",
+                                                                                                        "trainable")},
             "preprocessing": self.prep.describe(),
         }
 

@@ -151,7 +151,8 @@ def list_images(folder) -> list[str]:
     return paths
 
 
-def folder_index(embedder, folder, cache: Optional[retrieval.EmbeddingCache] = None) -> tuple[retrieval.EmbeddingIndex, SkipCounter]:
+def folder_index(embedder, folder, cache: Optional[retrieval.EmbeddingCache] = None) -> tuple[retrieval.EmbeddingIndex,
+                                                                                              SkipCounter]:
     """An index of every readable image below `folder`; only new or changed files are embedded."""
     paths, skipped = list_images(folder), SkipCounter()
     embeddings, kept = embed_images(embedder, paths, item_keys(paths, paths), paths, cache, skipped)
@@ -186,6 +187,7 @@ def shard_records(dirs: Sequence[str], split: str) -> tuple[list[ImageRecord], d
     for path in files:
         for example in tf.data.TFRecordDataset(path).map(schema.parse_example).as_numpy_iterator():
             captions = [c.decode("utf-8") for c in example[schema.CAPTIONS]]
-            records.append(ImageRecord(example[schema.IMAGE_ID].decode("utf-8"), captions, "tfrecords", image=example[schema.IMAGE]))
+            records.append(ImageRecord(example[schema.IMAGE_ID].decode("utf-8"), captions, "tfrecords",
+                                       image=example[schema.IMAGE]))
     versions = [retrieval.file_key(f) if os.path.isfile(f) else f for f in files]  # changes when a shard does
     return records, {"type": "tfrecords", "dirs": [str(d) for d in dirs], "split": split, "shards": versions}

@@ -196,7 +196,8 @@ def load_shard(path: str, shard: str, fingerprint: Optional[str] = None) -> dict
         raise CacheMiss(path, f"unreadable ({type(error).__name__}: {error})") from None
     if meta.get("format") != FORMAT:
         raise CacheMiss(path, f"format {meta.get('format')}, expected {FORMAT}")
-    if meta.get("rows") != {name: int(len(value)) for name, value in arrays.items()} or meta.get("sha256") != _arrays_digest(arrays):
+    if meta.get("rows") != {name: int(len(value)) for name,
+                            value in arrays.items()} or meta.get("sha256") != _arrays_digest(arrays):
         raise CacheMiss(path, "checksum or length mismatch")
     if meta.get("shard_fingerprint") != (fingerprint or shard_fingerprint(shard)):
         raise CacheMiss(path, f"{shard} changed since its features were computed")
@@ -247,7 +248,8 @@ class TextFeatures:
 
     def __init__(self, tower: TextTower, buckets: bool = True):
         self.tower, self.sequence_length = tower, int(tower.sequence_length)
-        self.buckets = length_buckets(self.sequence_length) if buckets and pools_with_padding_mask(tower) else (self.sequence_length,)
+        bucketed = buckets and pools_with_padding_mask(tower)
+        self.buckets = length_buckets(self.sequence_length) if bucketed else (self.sequence_length,)
         self.verified = len(self.buckets) == 1  # nothing to check with one bucket
         self.max_difference = None  # bucketed vs full length on the checked batch
         self._tokenize = tf.function(tower.preprocessor, input_signature=[tf.TensorSpec([None], tf.string)])
@@ -374,7 +376,8 @@ class FeatureCache:
         items = {shard: pipeline.image_caption_lists([shard]) for shard in dict.fromkeys(s for s, _ in todo)}
         total = sum(len(items[s]) if kind == "image" else sum(len(c) for _, c in items[s]) for s, kind in todo)
         for kind in {k for _, k in todo} - set(self._forwards):
-            self._forwards[kind] = _forward(self.towers[kind]) if kind == "image" else TextFeatures(self.towers[kind], self.length_buckets)
+            self._forwards[kind] = _forward(self.towers[kind]) if kind == "image" else TextFeatures(self.towers[kind],
+                                                                                                    self.length_buckets)
         with tqdm(total=total, unit="item", desc="caching tower features", disable=not progress) as bar:
             for shard, kind in todo:
                 tower = self.towers[kind]

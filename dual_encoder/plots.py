@@ -96,24 +96,6 @@ def save_search_grid(
     return _save(fig, path)
 
 
-def save_training_curves(history: dict, path):
-    """Loss and in-batch accuracies per epoch, training and validation side by side."""
-    fig = Figure(figsize=(11, 4))
-    panels = [("loss", "contrastive loss"), ("i2t_accuracy", "image→text top-1 (in batch)"),
-              ("t2i_accuracy", "text→image top-1 (in batch)")]
-    for axis, (key, title) in zip(fig.subplots(1, 3), panels):
-        for prefix, style in (("", "-o"), ("val_", "--s")):
-            values = history.get(prefix + key)
-            if values:
-                axis.plot(range(1, len(values) + 1), values, style, label=(prefix or "train_").rstrip("_"))
-        axis.set_title(title)
-        axis.set_xlabel("epoch")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def save_training_curves(history: dict[str, Sequence[float]], path, title: str = "Training curves"):
     """One panel per metric (loss, accuracy, logit scale, ...), training and `val_` side by side."""
     names = sorted({key.removeprefix("val_") for key in history}, key=lambda n: (n != "loss", n))

@@ -188,10 +188,12 @@ def build_towers(config: RunConfig, captions: Sequence[str]):
     stats = {"chosen": m.sequence_length, "source": "flag"}
     sequence_length = m.sequence_length
     if sequence_length is None:
-        probe = towers.build_text_tower(m.text_encoder, pretrained=False, sequence_length=PROBE_SEQUENCE_LENGTH, vocabulary=vocabulary)
+        probe = towers.build_text_tower(m.text_encoder, pretrained=False, sequence_length=PROBE_SEQUENCE_LENGTH,
+                                        vocabulary=vocabulary)
         sequence_length, stats = choose_sequence_length(probe.preprocessor, captions)
         sequence_length = min(sequence_length, PROBE_SEQUENCE_LENGTH)
-    text_tower = towers.build_text_tower(m.text_encoder, pretrained=m.pretrained, sequence_length=sequence_length, vocabulary=vocabulary)
+    text_tower = towers.build_text_tower(m.text_encoder, pretrained=m.pretrained, sequence_length=sequence_length,
+                                         vocabulary=vocabulary)
     towers.freeze(image_tower.model, m.train_image_tower, m.trainable_layers)
     towers.freeze(text_tower.model, m.train_text_tower, m.trainable_layers)
     return image_tower, text_tower, stats
@@ -226,10 +228,12 @@ def make_callbacks(config: RunConfig, output_dir: Path, has_validation: bool):
     callbacks = [
         guard,
         keras.callbacks.BackupAndRestore(str(output_dir / "backup"), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "best.weights.h5"), monitor=monitor, save_best_only=True, save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "best.weights.h5"), monitor=monitor,
+                                        save_best_only=True, save_weights_only=True),
         keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "last.weights.h5"), save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=config.train.early_stopping_patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, patience=config.train.reduce_lr_patience, factor=config.train.reduce_lr_factor),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, patience=config.train.reduce_lr_patience,
+                                          factor=config.train.reduce_lr_factor),
         keras.callbacks.CSVLogger(str(output_dir / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(output_dir / "tensorboard")),
     ]
@@ -241,7 +245,8 @@ def embed_split(model: DualEncoder, files: Sequence[str], batch_size: int = 64):
     """Image and caption embeddings of every image in some shards, for retrieval metrics."""
     items = pipeline.image_caption_lists(files)
     image_embeddings = np.concatenate(
-        [model.embed_images({"images": images}).numpy() for _, images in pipeline.image_dataset(files, model.image_size, model.resize, batch_size)]
+        [model.embed_images({"images": images}).numpy() for _, images in pipeline.image_dataset(files, model.image_size,
+                                                                                                model.resize, batch_size)]
     )
     captions = [c for _, caps in items for c in caps]
     owner = np.concatenate([np.full(len(caps), i) for i, (_, caps) in enumerate(items)])
@@ -380,7 +385,8 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         model = build_model(config, image_tower, text_tower)
         model.compile(optimizer=make_optimizer(config), jit_compile=jit_compile)
 
-    cache, cache_results = None, {"used": False, "reason": "--no-feature-cache" if not config.data.feature_cache else "a tower is trained"}
+    cache, cache_results = None, {"used": False, "reason": "--no-feature-cache" if not config.data.feature_cache else "a tower "
+        "is trained"}
     if use_cache:
         cache = feature_cache.FeatureCache(image_tower, text_tower)  # frozen towers: features once, heads only
         cache_results = {**cache.extract(train_files + val_files, progress=verbose != 0).as_dict(), "jit_compile": jit_compile}
@@ -393,7 +399,8 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         )
         if cache is not None:
             return feature_cache.pair_dataset(cache.load(files), pipeline_config)
-        dataset = pipeline.pair_dataset(files, image_tower.image_size, text_tower.preprocessor, pipeline_config, image_tower.resize)
+        dataset = pipeline.pair_dataset(files, image_tower.image_size, text_tower.preprocessor, pipeline_config,
+                                        image_tower.resize)
         return shard_across_workers(dataset, len(files), strategy)
 
     callbacks, guard = make_callbacks(config, output_dir, has_validation=bool(val_files))
@@ -438,7 +445,8 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         "towers": {"image": image_tower.spec, "text": text_tower.spec},
         "sequence_length": sequence_stats,
         "feature_cache": cache_results,
-        "data": {"shard_dirs": [str(d) for d in shard_dirs], "train_shards": len(train_files), "val_shards": len(val_files), "manifests": manifests},
+        "data": {"shard_dirs": [str(d) for d in shard_dirs], "train_shards": len(train_files), "val_shards": len(val_files),
+                 "manifests": manifests},
         "epochs_run": len(history.get("loss", [])),
         "epochs_this_call": len(timer.seconds),  # fewer than epochs_run after a resume; 0 for a finished run
         "final": {k: v[-1] for k, v in history.items()},
@@ -448,7 +456,8 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
                     "epoch_seconds": timer.seconds, "export_seconds": export_seconds},
         "device": [d.name for d in tf.config.list_logical_devices()],
         "strategy": {"name": config.train.strategy, "replicas": strategy.num_replicas_in_sync},
-        "outputs": {"saved_model": str(output_dir / "saved_model") if export else None, "keras_model": str(output_dir / "model.keras"),
+        "outputs": {"saved_model": str(output_dir / "saved_model") if export else None,
+                    "keras_model": str(output_dir / "model.keras"),
                     "curves": str(output_dir / "curves.png"), "log": str(output_dir / "log.csv")},
     }
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))

@@ -40,3 +40,17 @@ def sample_shards(tmp_path_factory):
         "val": [write_shard(folder / "val-00000-of-00001.tfrecord", records[300:])],
         "records": records,
     }
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    """600 sample images (48 px) written by the shard writer: 450 train in 3 shards, 150 val."""
+    from dual_encoder.data.records import SkipCounter
+    from dual_encoder.data.sample import sample_records
+    from dual_encoder.data.tfrecords import write_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    records = sample_records(num_images=600, image_size=48, seed=5)
+    write_shards(records, str(out), source_info={"type": "sample"}, skipped=SkipCounter(), val_fraction=0.25, seed=0,
+                 images_per_shard=200, progress=False)
+    return str(out)

@@ -8,10 +8,12 @@ pytest process did long ago, hence a process of its own.
 import json
 import sys
 
-import dual_encoder  # noqa: F401  the package's TensorFlow environment (oneDNN on), as in training
 import tensorflow as tf
 
-tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import dual_encoder  # noqa: F401  the package's TensorFlow environment (oneDNN on), as in training
+
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -11,12 +11,11 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SHARED
+from test_training import tiny_config
 
 from dual_encoder import class_prior, towers, training
 from dual_encoder.model import DualEncoder
-
-from conftest import SHARED
-from test_training import shard_dir, tiny_config  # noqa: F401  (shard_dir: a fixture)
 
 RNG = np.random.default_rng(0)
 

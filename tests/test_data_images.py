@@ -4,10 +4,11 @@ import io
 
 import numpy as np
 import pytest
+from data_fixtures import close, decode, encode, pattern, rotated_jpeg
 from PIL import Image
 
-from data_fixtures import close, decode, encode, pattern, rotated_jpeg
 from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
+
 
 def test_plain_jpeg_keeps_its_bytes():
     original = encode(pattern(), quality=90)

@@ -9,8 +9,8 @@ import types
 
 import pytest
 import tensorflow_datasets as tfds
-
 from data_fixtures import decode, encode, parse_source_flags, pattern, write_csv
+
 from dual_encoder.data.coco import coco_records
 from dual_encoder.data.collect import SourceFormatError
 from dual_encoder.data.records import ImageRecord, SkipCounter

@@ -75,7 +75,8 @@ def run_workers(command, count, cwd):
     logs = [open(cwd / f"worker-{i}.log", "w+") for i in range(count)]
     processes = [
         subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                         env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+                         env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                                                  "index": i}})})
         for i, log in enumerate(logs)
     ]
     deadline = time.time() + WORKER_TIMEOUT

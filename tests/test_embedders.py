@@ -4,11 +4,11 @@ import io
 
 import numpy as np
 import pytest
+from fake_models import COLOURS, build_tiny_clip_preset, build_tiny_siglip_preset, colour_image, shared_colour_model
 from PIL import Image
 
 from dual_encoder import embedders
 from dual_encoder.data.records import SkipCounter
-from fake_models import COLOURS, build_tiny_clip_preset, build_tiny_siglip_preset, colour_image, shared_colour_model
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ def test_unreadable_images_are_skipped_and_counted(colour_run, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "mode, library", [("squash", "tensorflow"), ("crop", "tensorflow"), ("squash", "pillow"), ("crop", "pillow"), ("pad", "pillow")]
+    "mode, "
+    "library", [("squash", "tensorflow"), ("crop", "tensorflow"), ("squash", "pillow"), ("crop", "pillow"), ("pad", "pillow")]
 )
 def test_image_prep_modes(mode, library):
     wide = np.zeros((20, 60, 3), np.uint8)

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fake_models import shared_colour_model
 
 ROOT = Path(__file__).resolve().parents[1]

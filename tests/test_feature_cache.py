@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import write_shard
+
 from dual_encoder import config as run_config
 from dual_encoder import feature_cache, towers, training
 from dual_encoder.data import pipeline

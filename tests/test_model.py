@@ -15,7 +15,8 @@ CAPTIONS = ["a red circle", "two blue squares", "three green triangles on the le
 
 def _model(**kwargs):
     image = towers.build_image_tower("tiny", weights=None, image_size=32)
-    text = towers.build_text_tower("tiny", pretrained=False, sequence_length=8, vocabulary=towers.build_vocabulary(CAPTIONS * 10, size=50))
+    text = towers.build_text_tower("tiny", pretrained=False, sequence_length=8,
+                                   vocabulary=towers.build_vocabulary(CAPTIONS * 10, size=50))
     towers.freeze(image.model, False)
     towers.freeze(text.model, False)
     return DualEncoder(image.model, text.model, text.preprocessor, image_size=(32, 32), projection_dim=8, **kwargs)
@@ -72,7 +73,8 @@ def test_heads_are_unit_norm_and_mlp_has_the_reference_layers():
         np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     mlp = ProjectionHead(6, "mlp")
     mlp.build((None, 12))
-    assert {type(l).__name__ for l in (mlp.project, mlp.hidden, mlp.dropout, mlp.norm)} == {"Dense", "Dropout", "LayerNormalization"}
+    assert {type(layer).__name__ for layer in (mlp.project, mlp.hidden, mlp.dropout, mlp.norm)} == {"Dense", "Dropout",
+                                                                                                    "LayerNormalization"}
     with pytest.raises(ValueError, match="mlp"):
         ProjectionHead(6, "attention")
 

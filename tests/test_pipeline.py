@@ -5,8 +5,8 @@ import collections
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import write_shard
+
 from dual_encoder.data import pipeline
 from dual_encoder.data.records import ImageRecord
 
@@ -14,7 +14,8 @@ from dual_encoder.data.records import ImageRecord
 def _records():
     rng = np.random.default_rng(0)
     return [
-        ImageRecord(f"img{i}", [f"caption {i} {j}" for j in range(n)], "test", image=rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+        ImageRecord(f"img{i}", [f"caption {i} "
+                                f"{j}" for j in range(n)], "test", image=rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
         for i, n in enumerate([5, 1, 3, 2])
     ]
 

@@ -32,7 +32,8 @@ def quality():
 def test_reduced_quality_run_beats_chance(quality, tmp_path, capsys):
     out = tmp_path / "quality.json"
     args = ["--shared", str(SHARED), "--out", str(out), "--seeds", "0", "--epochs", "3", "--no-floor", "--no-ablation",
-            "--sources", "coco_train2017", "--shards-dir", str(tmp_path / "shards"), "--work-dir", str(tmp_path / "runs")]  # fmt: skip
+            "--sources", "coco_train2017", "--shards-dir", str(tmp_path / "shards"), "--work-dir",
+            str(tmp_path / "runs")]  # fmt: skip
     assert quality.main(args) == 0
     results = json.loads(out.read_text())
     trained, chance = results["summary"]["trained"], results["chance"]

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_fixtures import close, decode, encode, parse_source_flags, pattern, read_split, rotated_jpeg, run_cli, write_csv
 from PIL import Image
 
-from data_fixtures import close, decode, encode, parse_source_flags, pattern, read_split, rotated_jpeg, run_cli, write_csv
 from dual_encoder import config as run_config
 from dual_encoder.data.__main__ import main
 from dual_encoder.data.records import ImageRecord, SkipCounter
@@ -252,7 +252,8 @@ def test_cli_killed_mid_shard_resumes_without_duplicates(tmp_path, capsys):
     assert killed.returncode == -9, killed.stderr[-2000:]
     left = files(out)
     assert "manifest.json" not in left
-    assert [n for n in left if n.endswith(".stats.json")] == ["train-00000-of-00005.stats.json", "train-00001-of-00005.stats.json"]
+    assert [n for n in left if n.endswith(".stats.json")] == ["train-00000-of-00005.stats.json",
+                                                              "train-00001-of-00005.stats.json"]
     assert any(".tmp-" in n for n in left)  # the shard being written when killed
     committed = (out / "train-00000-of-00005.tfrecord").stat().st_mtime_ns
 
@@ -279,7 +280,8 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
     path.write_bytes("image,caption\na.jpg,caf\xe9\n".encode("latin-1"))
     assert main(["--csv", str(path), *CSV_FLAGS, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {path}, line 2: not UTF-8 text (byte 0xe9 at column 10); re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"]
+    assert err == [f"error: {path}, line 2: not UTF-8 text (byte 0xe9 at column 10); re-save the file as UTF-8, e.g. iconv -f "
+                   f"latin1 -t utf-8"]
     assert main(["--coco-dir", str(tmp_path), "--split", "val2017", "--out", str(tmp_path / "o")]) == 2
     assert "captions_val2017.json: no such COCO captions file" in capsys.readouterr().err
 

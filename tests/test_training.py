@@ -12,9 +12,9 @@ import pytest
 
 from dual_encoder import config as run_config
 from dual_encoder import losses, training
-from dual_encoder.data.tfrecords import write_shards
-from dual_encoder.data.sample import sample_records
 from dual_encoder.data.records import SkipCounter
+from dual_encoder.data.sample import sample_records
+from dual_encoder.data.tfrecords import write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,15 +28,6 @@ def tiny_config(epochs=3, **train):
     for key, value in train.items():
         setattr(config.train, key, value)
     return config
-
-
-@pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    records = sample_records(num_images=600, image_size=48, seed=5)
-    write_shards(records, str(out), source_info={"type": "sample"}, skipped=SkipCounter(), val_fraction=0.25, seed=0,
-                 images_per_shard=200, progress=False)
-    return str(out)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import sys
 
 import tensorflow as tf
 
-from dual_encoder.data.sources import add_source_arguments, records_from_args
 from dual_encoder.data import tfrecords
+from dual_encoder.data.sources import add_source_arguments, records_from_args
 from dual_encoder.data.tfrecords import write_shards
 
 EXAMPLES = """examples:
@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("--seed", metavar="S", type=int, default=tfrecords.SPLIT_SEED,
                      help="seed of the train/val split; train.py --split-seed has the same default (default: %(default)s).")
-    out.add_argument("--images-per-shard", metavar="N", type=int, default=tfrecords.IMAGES_PER_SHARD, help="default: %(default)s.")
+    out.add_argument("--images-per-shard", metavar="N", type=int, default=tfrecords.IMAGES_PER_SHARD, help="default: "
+        "%(default)s.")
     out.add_argument(
         "--max-side", metavar="N", type=int, default=None,
         help="shrink images so the longer side is at most N pixels (default: keep the size).",

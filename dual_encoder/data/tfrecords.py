@@ -229,7 +229,8 @@ def _start(out_dir: str, config: dict, overwrite: bool) -> dict:
         return plan
     if own:
         raise ConfigMismatchError(
-            f"{out_dir} holds shards without {PLAN} ({own[0]}, ...); use a new output folder, or --overwrite (python -m dual_encoder.data)"
+            f"{out_dir} holds shards without {PLAN} ({own[0]}, ...); use a new output folder, or --overwrite (python -m "
+            f"dual_encoder.data)"
         )
     plan = {"config": config, "fingerprint": fingerprint, "created": _now()}
     _write_json(plan_path, plan)
