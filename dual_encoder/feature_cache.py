@@ -65,7 +65,6 @@ FOLDER = "features"
 SUFFIX = ".npz"
 _TMP = ".tmp-"
 _HEAD_BYTES = 1 << 20
-_READ_CYCLE = 8  # pipeline.read_examples interleaves min(len(files), 8) shards
 _STALE_TMP_SECONDS = 3600  # younger temporaries may belong to a writer still running (another worker)
 SMALLEST_BUCKET = 16  # caption length buckets: 16, 32, 64, ... up to the text tower's sequence length
 LOOKUP_THREADS, PREFETCH_BATCHES = 2, 4  # cached batches: gathering 256 rows takes ~1 ms, a step 15+ ms on CPU
@@ -445,10 +444,10 @@ class FeatureCache:
 
 def read_order(shard_sizes: Sequence[int]) -> np.ndarray:
     """Image indices in the order `pipeline.read_examples` yields unshuffled shards (one record of
-    each of up to 8 shards in turn), so validation batches match those of the uncached pipeline."""
+    each of up to `pipeline.READ_CYCLE` shards in turn), so validation batches match those of the uncached pipeline."""
     starts = tf.constant(np.cumsum([0, *shard_sizes]), tf.int64)
     ds = tf.data.Dataset.range(len(shard_sizes)).interleave(
-        lambda i: tf.data.Dataset.range(starts[i], starts[i + 1]), cycle_length=max(1, min(len(shard_sizes), _READ_CYCLE)))
+        lambda i: tf.data.Dataset.range(starts[i], starts[i + 1]), cycle_length=pipeline.read_cycle(len(shard_sizes)))
     return np.concatenate([np.zeros(0, np.int64), *ds.batch(65536).as_numpy_iterator()])
 
 

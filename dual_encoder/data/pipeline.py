@@ -65,6 +65,14 @@ class PipelineConfig:
     repeat: bool = False
 
 
+READ_CYCLE = 8  # shards read at once (interleaved); the feature cache reproduces this order
+
+
+def read_cycle(num_files: int) -> int:
+    """How many of `num_files` shards `read_examples` interleaves."""
+    return max(1, min(num_files, READ_CYCLE))
+
+
 def read_examples(files: Sequence[str], config: PipelineConfig) -> tf.data.Dataset:
     """Parsed examples from shards, read in parallel (interleaved)."""
     files = list(files)
@@ -74,7 +82,7 @@ def read_examples(files: Sequence[str], config: PipelineConfig) -> tf.data.Datas
     if config.shuffle:
         ds = ds.shuffle(len(files), seed=config.seed)
     ds = ds.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
+        tf.data.TFRecordDataset, cycle_length=read_cycle(len(files)), num_parallel_calls=AUTOTUNE,
         deterministic=config.deterministic,
     )
     ds = ds.map(schema.parse_example, num_parallel_calls=AUTOTUNE, deterministic=config.deterministic)
