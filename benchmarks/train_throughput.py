@@ -110,7 +110,7 @@ def heads_model(image, text, jit_compile: bool = False) -> DualEncoder:
     """The reference heads (MLP into 256-d) and optimizer, as `train()` builds them."""
     config = run_config.reference()
     model = training.build_model(config, image, text)
-    model.compile(optimizer=training.make_optimizer(config), jit_compile=jit_compile)
+    model.compile(optimizer=training.make_optimizer(config, model), jit_compile=jit_compile)
     return model
 
 

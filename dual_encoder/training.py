@@ -30,7 +30,6 @@ from dual_encoder.model import DualEncoder, num_workers
 
 logger = logging.getLogger(__name__)
 
-NO_DECAY = ["logit_scale", "logit_bias", "bias", "gamma", "beta", "gate"]  # as open_clip: gains, biases, temperature
 SEQUENCE_PERCENTILE = 99
 PROBE_SEQUENCE_LENGTH = 128
 CAPTION_SAMPLE = 5000
@@ -215,9 +214,17 @@ def build_model(config: RunConfig, image_tower, text_tower) -> DualEncoder:
     )
 
 
-def make_optimizer(config: RunConfig) -> keras.optimizers.Optimizer:
+def decays(variable) -> bool:
+    """Weight decay by role, as open_clip chooses it: kernels, embedding tables and other matrices
+    decay; everything with fewer than 2 dimensions never does (biases, norm gains and shifts, the
+    class-prior gate, the temperature and SigLIP's bias), whatever the layers are named."""
+    return len(variable.shape) >= 2
+
+
+def make_optimizer(config: RunConfig, model: keras.Model) -> keras.optimizers.Optimizer:
+    """AdamW for `model`'s trainable variables, decaying only those `decays` picks."""
     optimizer = keras.optimizers.AdamW(learning_rate=config.train.learning_rate, weight_decay=config.train.weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+    optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if not decays(v)])
     return optimizer
 
 
@@ -383,7 +390,7 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
     with strategy.scope():
         image_tower, text_tower, sequence_stats = build_towers(config, captions)
         model = build_model(config, image_tower, text_tower)
-        model.compile(optimizer=make_optimizer(config), jit_compile=jit_compile)
+        model.compile(optimizer=make_optimizer(config, model), jit_compile=jit_compile)
 
     cache, cache_results = None, {"used": False, "reason": "--no-feature-cache" if not config.data.feature_cache else "a tower "
         "is trained"}

@@ -34,7 +34,7 @@ def _batch(model):
 def test_logit_scale_is_clamped_at_100_in_use_and_after_a_step():
     model = _model(logit_scale=6.0)  # e^6 = 403 > 100
     assert float(model.scale()) == pytest.approx(100.0, rel=1e-5)
-    model.compile(optimizer=training.make_optimizer(run_config.get_preset("sample")))
+    model.compile(optimizer=training.make_optimizer(run_config.get_preset("sample"), model))
     model.train_step(_batch(model))
     assert float(model.logit_scale.numpy()) == pytest.approx(losses.LOGIT_SCALE_MAX, abs=1e-6)
 
@@ -58,7 +58,7 @@ def test_frozen_towers_leave_only_heads_and_temperature_trainable():
 
 def test_weight_decay_skips_temperature_biases_and_norms():
     model = _model(head="mlp")
-    optimizer = training.make_optimizer(run_config.get_preset("reference"))
+    optimizer = training.make_optimizer(run_config.get_preset("reference"), model)
     optimizer.build(model.trainable_variables)
     decayed = {v.path: optimizer._use_weight_decay(v) for v in model.trainable_variables}
     assert not decayed[model.logit_scale.path]
