@@ -21,7 +21,6 @@ pipeline: Pillow's JPEG decoder differs from it by up to 20 levels per pixel.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from dual_encoder import files
 from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.retrieval import l2_normalize
@@ -346,7 +346,7 @@ class KerasHubClipEmbedder(BatchedEmbedder):
             "type": "keras_hub",
             "preset": str(Path(self.preset).resolve()) if local.is_file() else self.preset,
             "backbone": type(self.backbone).__name__,
-            "config_sha1": hashlib.sha1(json.dumps(self.backbone.get_config(), sort_keys=True, default=str).encode()).hexdigest(),
+            "config_sha1": files.json_digest(self.backbone.get_config(), "sha1"),
             "sequence_length": int(self.text_preprocessor.sequence_length),
             "image_converter": {k: v for k, v in self.image_converter.get_config().items() if k not in ("name", "dtype",
                                                                                                         "trainable")},

@@ -8,15 +8,13 @@ the prompts and the preprocessing next to the numbers.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from dual_encoder import probe, retrieval, zeroshot
+from dual_encoder import files, probe, retrieval, zeroshot
 from dual_encoder.data.folders import IMAGE_EXTENSIONS, DataLayoutError, LabeledImages, images_in
 from dual_encoder.data.records import ImageRecord, SkipCounter
 from dual_encoder.embedders import load_rgb
@@ -106,7 +104,7 @@ def zero_shot(
 
 
 def _source_key(info: dict) -> str:
-    return "records:" + hashlib.sha1(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return "records:" + files.json_digest(info, "sha1", length=16)
 
 
 def retrieval_run(

@@ -46,7 +46,6 @@ import logging
 import os
 import re
 import time
-import uuid
 import zipfile
 from typing import Optional, Sequence, Union
 
@@ -55,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from dual_encoder import files
 from dual_encoder.data import pipeline, schema
 from dual_encoder.towers import ImageTower, TextTower, TokenPooling
 
@@ -63,7 +63,6 @@ logger = logging.getLogger(__name__)
 FORMAT = 1  # bump when extraction changes what a cache file holds: old folders are then ignored
 FOLDER = "features"
 SUFFIX = ".npz"
-_TMP = ".tmp-"
 _HEAD_BYTES = 1 << 20
 _STALE_TMP_SECONDS = 3600  # younger temporaries may belong to a writer still running (another worker)
 SMALLEST_BUCKET = 16  # caption length buckets: 16, 32, 64, ... up to the text tower's sequence length
@@ -136,7 +135,7 @@ def tower_identity(tower: Tower) -> dict:
 def folder_name(tower: Tower, identity: Optional[dict] = None) -> str:
     """`<kind>-<name>-<16 hex>`, e.g. `image-xception-3f2a...`: readable, and new for any change."""
     identity = identity or tower_identity(tower)
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = files.json_digest(identity, length=16)
     name = re.sub(r"[^A-Za-z0-9_.]+", "_", os.path.basename(os.path.normpath(str(tower.spec["name"]))))
     return f"{tower.spec['kind']}-{name}-{key}"
 
@@ -165,14 +164,6 @@ def _arrays_digest(arrays: dict) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Temporary name, then rename: readers and reruns only ever see whole files."""
-    tmp = f"{path}{_TMP}{uuid.uuid4().hex[:12]}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def save_shard(path: str, arrays: dict, shard: str, fingerprint: Optional[str] = None) -> None:
     """Writes one shard's arrays with the shard fingerprint and a checksum."""
     meta = {"format": FORMAT, "shard": os.path.basename(shard), "shard_fingerprint": fingerprint or shard_fingerprint(shard),
@@ -180,7 +171,7 @@ def save_shard(path: str, arrays: dict, shard: str, fingerprint: Optional[str] =
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
     tf.io.gfile.makedirs(os.path.dirname(path))
-    _write_atomic(path, buffer.getvalue())
+    files.write_atomic(path, buffer.getvalue())
 
 
 def load_shard(path: str, shard: str, fingerprint: Optional[str] = None) -> dict:
@@ -431,12 +422,12 @@ class FeatureCache:
         tf.io.gfile.makedirs(folder)
         for name in tf.io.gfile.listdir(folder):
             path = os.path.join(folder, name)
-            if _TMP in name and time.time() - tf.io.gfile.stat(path).mtime_nsec / 1e9 > _STALE_TMP_SECONDS:
+            if files.TMP_MARK in name and time.time() - tf.io.gfile.stat(path).mtime_nsec / 1e9 > _STALE_TMP_SECONDS:
                 tf.io.gfile.remove(path)
         kind = next(k for k, f in self.folders.items() if os.path.basename(folder) == f)
         tower_json = os.path.join(folder, "tower.json")
         if not tf.io.gfile.exists(tower_json):
-            _write_atomic(tower_json, json.dumps(self.identities[kind], indent=2, default=str).encode())
+            files.write_json(tower_json, self.identities[kind])
 
 
 # --- pairs ---------------------------------------------------------------------------------------

@@ -14,14 +14,16 @@ Conventions (the ones open_clip and the COCO retrieval literature use):
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+from dual_encoder import files
 
 logger = logging.getLogger(__name__)
 
@@ -199,11 +201,9 @@ class EmbeddingCache:
         if not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        keys = list(self._vectors)
-        tmp = self.path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}.npz")  # two runs at once never share a temp file
-        with open(tmp, "wb") as f:
-            np.savez(f, keys=np.asarray(keys, dtype=str), vectors=np.stack([self._vectors[k] for k in keys]))
-        os.replace(tmp, self.path)
+        keys, buffer = list(self._vectors), io.BytesIO()
+        np.savez(buffer, keys=np.asarray(keys, dtype=str), vectors=np.stack([self._vectors[k] for k in keys]))
+        files.write_atomic(self.path, buffer.getvalue())  # two runs at once never share a temporary
         self._dirty = False
 
 

@@ -9,7 +9,6 @@ epochs train the heads on them; evaluation and export still use the whole model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -23,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dual_encoder import class_prior, feature_cache, towers
+from dual_encoder import class_prior, feature_cache, files, towers
 from dual_encoder.config import RunConfig
 from dual_encoder.data import pipeline
 from dual_encoder.model import DualEncoder, num_workers
@@ -92,9 +91,7 @@ class CallbackStateBackup(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self._state()))
-        os.replace(temporary, self.path)
+        files.write_json(self.path, self._state(), indent=None)
 
 
 def _json_number(value):
@@ -314,7 +311,7 @@ def data_identity(manifests: dict[str, Optional[dict]]) -> list[str]:
         if manifest is None:
             identity.append(os.path.abspath(directory))
         else:
-            identity.append(hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16])
+            identity.append(files.json_digest(manifest, length=16))
     return sorted(identity)
 
 

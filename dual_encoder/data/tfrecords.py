@@ -34,13 +34,13 @@ import json
 import logging
 import os
 import re
-import uuid
 from typing import Iterable, Optional, Union
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from dual_encoder import files
 from dual_encoder.data import schema
 from dual_encoder.data.collect import skip_image, warn_skips
 from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
@@ -55,10 +55,9 @@ VAL_FRACTION, SPLIT_SEED, IMAGES_PER_SHARD = 0.2, 0, 2000
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 STATS_SUFFIX = ".stats.json"
-_TMP = ".tmp-"
 _OWN_FILE = re.compile(
     r"^((train|val)-\d{5}-of-\d{5}(" + re.escape(schema.SHARD_SUFFIX) + r"|\.stats\.json)|plan\.json|manifest\.json)"
-    r"(\.tmp-[0-9a-f]+)?$"
+    r"(" + re.escape(files.TMP_MARK) + r"[0-9a-f]+)?$"
 )
 
 
@@ -131,7 +130,7 @@ def write_shards(
                 stats[name] = _write_shard(out_dir, split, name, chunk, pool.map(encode, chunk), plan["fingerprint"])
             bar.update(len(chunk))
     manifest = _manifest(plan, config, stats, skipped)
-    _write_json(os.path.join(out_dir, MANIFEST), manifest)
+    files.write_json(os.path.join(out_dir, MANIFEST), manifest)
     if progress:
         note = f"; {resumed} of {len(shards)} shards were already complete" if resumed else ""
         print(summary_line(manifest, out_dir) + note)
@@ -213,11 +212,11 @@ def _chunks(items: list, size: int) -> list[list]:
 def _start(out_dir: str, config: dict, overwrite: bool) -> dict:
     """Creates or checks plan.json and removes stale temporary files; returns the plan."""
     tf.io.gfile.makedirs(out_dir)
-    fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()
+    fingerprint = files.json_digest(config)
     plan_path = os.path.join(out_dir, PLAN)
     own = [n for n in tf.io.gfile.listdir(out_dir) if _OWN_FILE.match(n)]
-    _remove(out_dir, [n for n in own if _TMP in n or overwrite])  # temporaries are never complete
-    own = [n for n in own if _TMP not in n and not overwrite]
+    _remove(out_dir, [n for n in own if files.TMP_MARK in n or overwrite])  # temporaries are never complete
+    own = [n for n in own if files.TMP_MARK not in n and not overwrite]
     if tf.io.gfile.exists(plan_path):
         with tf.io.gfile.GFile(plan_path, "r") as f:
             plan = json.load(f)
@@ -233,7 +232,7 @@ def _start(out_dir: str, config: dict, overwrite: bool) -> dict:
             f"dual_encoder.data)"
         )
     plan = {"config": config, "fingerprint": fingerprint, "created": _now()}
-    _write_json(plan_path, plan)
+    files.write_json(plan_path, plan)
     return plan
 
 
@@ -274,11 +273,9 @@ def _encode(record: ImageRecord, max_side: Optional[int]):
 
 def _write_shard(out_dir, split, name, chunk, encoded, fingerprint) -> dict:
     """Writes to a temporary name, renames, then commits with the sidecar."""
-    path = os.path.join(out_dir, name)
-    tmp = f"{path}{_TMP}{uuid.uuid4().hex[:12]}"
     skipped, problems = SkipCounter(), []
     images = captions = 0
-    with tf.io.TFRecordWriter(tmp) as writer:
+    with files.writing(os.path.join(out_dir, name)) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         for record, example in zip(chunk, encoded):
             if isinstance(example, Exception):
                 reason = "missing_file" if isinstance(example, MissingImageError) else "undecodable"
@@ -288,7 +285,6 @@ def _write_shard(out_dir, split, name, chunk, encoded, fingerprint) -> dict:
             writer.write(example)
             images += 1
             captions += len(record.captions)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
     warn_skips(logger, f"{name}: images skipped", problems)
     stats = {
         "shard": name,
@@ -298,7 +294,7 @@ def _write_shard(out_dir, split, name, chunk, encoded, fingerprint) -> dict:
         "skipped": skipped.as_dict(),
         "fingerprint": fingerprint,
     }
-    _write_json(os.path.join(out_dir, name.removesuffix(schema.SHARD_SUFFIX) + STATS_SUFFIX), stats)
+    files.write_json(os.path.join(out_dir, name.removesuffix(schema.SHARD_SUFFIX) + STATS_SUFFIX), stats)
     return stats
 
 
@@ -325,14 +321,6 @@ def _manifest(plan: dict, config: dict, stats: dict[str, dict], source_skipped: 
         "created": plan["created"],
         "finished": _now(),
     }
-
-
-def _write_json(path: str, obj: dict) -> None:
-    """Write-then-rename, so a reader never sees half a JSON file."""
-    tmp = f"{path}{_TMP}{uuid.uuid4().hex[:12]}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _now() -> str:

@@ -1,0 +1,57 @@
+"""Files that are either whole or absent, and digests of JSON-able values.
+
+Every writer of this package (shards and their sidecars, the feature cache, the embedding cache,
+resume state) writes under a unique temporary name beside the target and renames it when done,
+so a reader, a rerun or a second writer never sees half a file, whatever killed the first one
+(even `kill -9`). Temporaries carry `TMP_MARK` so that their owners can delete stale ones. Paths
+go through `tf.io.gfile`, so shard folders on gs:// or hdfs:// work too. Imports no stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from typing import Iterator, Optional, Union
+
+TMP_MARK = ".tmp-"
+
+
+def _gfile():
+    import tensorflow as tf  # only when writing: config and --help need no TensorFlow
+
+    return tf.io.gfile
+
+
+def temporary_name(path: Union[str, os.PathLike]) -> str:
+    """`path` + TMP_MARK + 12 random hex digits: unique per writer, found by the mark."""
+    return f"{os.fspath(path)}{TMP_MARK}{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.contextmanager
+def writing(path: Union[str, os.PathLike]) -> Iterator[str]:
+    """A temporary path to write `path` through (for writers that want a path, such as
+    `tf.io.TFRecordWriter`); renamed to `path` when the block ends without an exception."""
+    tmp = temporary_name(path)
+    yield tmp
+    _gfile().rename(tmp, os.fspath(path), overwrite=True)
+
+
+def write_atomic(path: Union[str, os.PathLike], data: Union[bytes, str]) -> None:
+    """Writes `data` (bytes, or text as UTF-8) to `path`: temporary name, then rename."""
+    with writing(path) as tmp, _gfile().GFile(tmp, "w" if isinstance(data, str) else "wb") as f:
+        f.write(data)
+
+
+def write_json(path: Union[str, os.PathLike], value, indent: Optional[int] = 2) -> None:
+    """`value` as JSON (values JSON lacks written as str), atomically."""
+    write_atomic(path, json.dumps(value, indent=indent, default=str))
+
+
+def json_digest(value, algorithm: str = "sha256", length: Optional[int] = None) -> str:
+    """Hex digest of `value` as JSON with sorted keys (values JSON lacks as str): the same
+    content gives the same key on any machine and in any process. `length` cuts it short."""
+    digest = hashlib.new(algorithm, json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+    return digest[:length] if length else digest
