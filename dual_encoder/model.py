@@ -13,8 +13,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from dual_encoder import _compat, losses
 from dual_encoder import class_prior as _class_prior  # noqa: F401  (registers ClassPrior for loading)
-from dual_encoder import losses
 
 _SERIALIZABLE = "dual_encoder"
 
@@ -96,7 +96,7 @@ def _sum_replicas(values):
 
 
 @keras.saving.register_keras_serializable(package=_SERIALIZABLE)
-class DualEncoder(keras.Model):
+class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
     """A CLIP-style image-text dual encoder.
 
     Batches are dicts: `images` (float32 [B, H, W, 3] in 0..255, already at `image_size`) or
@@ -255,13 +255,9 @@ class DualEncoder(keras.Model):
         logs.pop("temperature")  # a weight, not a validation result: logged once, by train_step
         return logs
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Builds the optimizer under the model's strategy without Keras' symbolic pass.
-
-        The model's variables are made in `__init__`. Keras' TF trainer would first average a
-        batch over replicas (`strategy.reduce`), which fails for dict batches under
-        MultiWorkerMirroredStrategy and for a batch split unevenly over replicas.
-        """
+    def build_optimizer(self):
+        """Builds the optimizer under the model's strategy (the model's variables are made in
+        `__init__`); Keras' symbolic pass would fail under a strategy (see `_compat`)."""
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)

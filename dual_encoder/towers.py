@@ -27,9 +27,8 @@ import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
-from keras_hub.src.layers.preprocessing.preprocessing_layer import PreprocessingLayer
-from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
-from keras_hub.src.utils.tensor_utils import preprocessing_function
+
+from dual_encoder import _compat
 
 _SERIALIZABLE = "dual_encoder"
 DEFAULT_SEQUENCE_LENGTH = 64  # captions are short; preset defaults of 256-512 cost 5-20x
@@ -197,7 +196,7 @@ class TokenPooling(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_SERIALIZABLE)
-class TextPreprocessor(PreprocessingLayer):
+class TextPreprocessor(_compat.PreprocessingLayer):
     """Strings -> int32 `token_ids`, `padding_mask` (+ `segment_ids`) padded to `sequence_length`.
 
     Always runs the TF (tensorflow-text) path of the keras-hub tokenizer and packer, also eagerly,
@@ -210,16 +209,15 @@ class TextPreprocessor(PreprocessingLayer):
         # TF path only (keras-hub otherwise tokenizes eagerly in Python); passed at construction
         # too, as BPE tokenizers would otherwise also build a Python (`tokenizers`) copy.
         if isinstance(tokenizer, dict):
-            tokenizer = keras.saving.deserialize_keras_object(
-                {**tokenizer, "config": {**tokenizer["config"], "_allow_python_workflow": False}})
-        tokenizer._allow_python_workflow = False
+            tokenizer = keras.saving.deserialize_keras_object(_compat.tf_only_config(tokenizer))
+        _compat.force_tf_workflow(tokenizer)
         self.tokenizer, self.sequence_length, self.segment_ids = tokenizer, int(sequence_length), segment_ids
         self.packer = keras_hub.layers.StartEndPacker(
             sequence_length=self.sequence_length, start_value=tokenizer.start_token_id,
             end_value=tokenizer.end_token_id, pad_value=tokenizer.pad_token_id, return_padding_mask=True,
-            _allow_python_workflow=False)
+            **_compat.TF_ONLY)
 
-    @preprocessing_function
+    @_compat.preprocessing_function
     def call(self, texts):
         token_ids, padding_mask = self.packer(self.tokenizer(texts))
         tokens = {"token_ids": tf.cast(token_ids, tf.int32), "padding_mask": tf.cast(padding_mask, tf.int32)}
@@ -297,7 +295,7 @@ def _portable(name: Optional[str]) -> Optional[str]:
 
 def _preset_id(name: str) -> dict:
     """A local preset by content; a named one by its versioned kaggle handle."""
-    return _local_id(name) if _is_local(name) else {"preset": BUILTIN_PRESETS.get(name, {}).get("kaggle_handle", name)}
+    return _local_id(name) if _is_local(name) else {"preset": _compat.builtin_preset_handle(name)}
 
 
 def _is_hub(name: str, *tasks) -> bool:
@@ -328,13 +326,6 @@ def _leaf_layers(model: keras.Model):
             yield layer
 
 
-def _set_trainable(layer: keras.layers.Layer, value: bool) -> None:
-    """`layer.trainable = value` for it and all its sublayers. keras' TF backend skips that
-    assignment when the layer's own flag already equals `value`, leaving sublayers as they were."""
-    for sublayer in layer._flatten_layers(include_self=True, recursive=True):
-        type(sublayer).trainable.fset(sublayer, value)
-
-
 def freeze(model: keras.Model, trainable: bool, last_n_layers: Optional[int] = None) -> None:
     """Freezes a tower, or fine-tunes all of it, or only its last N weighted layers.
 
@@ -343,14 +334,14 @@ def freeze(model: keras.Model, trainable: bool, last_n_layers: Optional[int] = N
     """
     if last_n_layers is not None and last_n_layers < 0:
         raise ValueError(f"last_n_layers must be >= 0, got {last_n_layers}")
-    _set_trainable(model, bool(trainable))
+    _compat.set_trainable(model, bool(trainable))
     if not trainable or last_n_layers is None:
         return
     layers = list(_leaf_layers(model))
     candidates = [layer for layer in layers if not isinstance(layer, keras.layers.BatchNormalization)]
     unfrozen = {id(layer) for layer in candidates[len(candidates) - last_n_layers:]} if last_n_layers else set()
     for layer in layers:
-        _set_trainable(layer, id(layer) in unfrozen)
+        _compat.set_trainable(layer, id(layer) in unfrozen)
 
 
 def from_spec(spec: dict) -> Union[ImageTower, TextTower]:
@@ -498,7 +489,7 @@ def _tiny_text(vocabulary, sequence_length: int) -> _TextBackbone:
     if not vocabulary:
         raise ValueError("the tiny text tower needs vocabulary=build_vocabulary(captions)")
     tokenizer = keras_hub.tokenizers.BertTokenizer(vocabulary=list(vocabulary), lowercase=True, strip_accents=True,
-                                                   _allow_python_workflow=False)
+                                                   **_compat.TF_ONLY)
     architecture = dataclasses.asdict(TINY_TEXT)
     pooling = architecture.pop("pooling")
     backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), max_sequence_length=sequence_length,
@@ -509,7 +500,7 @@ def _tiny_text(vocabulary, sequence_length: int) -> _TextBackbone:
 def _tokenizer_options(name: str, hf_config: Optional[dict]) -> dict:
     """Match a Hugging Face BERT tokenizer: keras-hub reads `do_lower_case` but not accents,
     which HF strips whenever it lower-cases unless `strip_accents` says otherwise."""
-    options = {"_allow_python_workflow": False}
+    options = dict(_compat.TF_ONLY)
     tokenizer_config = _read_json(name, "tokenizer_config.json") if hf_config else None
     if tokenizer_config and "Bert" in tokenizer_config.get("tokenizer_class", "BertTokenizer"):
         strip = tokenizer_config.get("strip_accents")
@@ -551,7 +542,7 @@ def _hub_text(name: str, pretrained: bool) -> _TextBackbone:
         # keras-hub's BERT hard-codes the tanh GELU; checkpoints trained with the exact (erf) GELU
         # drift by ~2e-4 with it. Each TransformerEncoder's config records the swap.
         for layer in backbone.transformer_layers:
-            layer.activation = layer._feedforward_intermediate_dense.activation = keras.activations.get(activation)
+            _compat.set_feedforward_activation(layer, keras.activations.get(activation))
     return _TextBackbone(backbone, tokenizer, _text_pooling(name, backbone), _preset_id(name) if pretrained else None,
                          activation)
 
