@@ -23,6 +23,7 @@ from pathlib import Path
 
 import dual_encoder  # noqa: F401  (sets TensorFlow's environment before it is imported)
 from dual_encoder.cli import HelpFormatter
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 
 CLASSIFICATION = ("animals10", "folder", "tfds:NAME", "csv (with --label-column)")
 # --dataset value for retrieval -> the caption-source flag (attribute) that provides the data
@@ -153,7 +154,7 @@ def _classification_data(args):
 
     if args.label_column:
         if not args.csv:
-            raise ValueError("--label-column needs --csv FILE (and --image-column)")
+            raise InvalidArgumentError("--label-column needs --csv FILE (and --image-column)")
         only_ids = evaluation.shard_image_ids(args.shards, args.split or "val") if args.shards else None
         data = folders.load_csv_classification(args.csv, args.image_column, args.label_column, args.image_template, only_ids)
         if args.shards:
@@ -161,7 +162,7 @@ def _classification_data(args):
     else:
         data = folders.load_classification_dataset(args.dataset, args.data_dir, args.split)
     if args.top_classes is not None and args.top_classes < 2:
-        raise ValueError(f"--top-classes {args.top_classes}: keep at least 2 classes")
+        raise InvalidArgumentError(f"--top-classes {args.top_classes}: keep at least 2 classes")
     return folders.keep_top_classes(data, args.top_classes) if args.top_classes else data
 
 
@@ -178,7 +179,7 @@ def run_zero_shot(args, argv) -> Path:
 
     data = _classification_data(args)  # layout errors before loading a model
     if args.shots and not args.baseline:
-        raise ValueError("--shots sets the linear probe's training images: add --baseline linear-probe")
+        raise InvalidArgumentError("--shots sets the linear probe's training images: add --baseline linear-probe")
     shots = probe.parse_shots(args.shots or DEFAULT_SHOTS) if args.baseline else None
     embedder, cache = _embedder_and_cache(args)
     config = probe.ProbeConfig(steps=args.probe_steps)
@@ -256,14 +257,14 @@ def main(argv=None) -> int:
         elif args.dataset in RETRIEVAL or (args.dataset is None and source_given):
             path = run_retrieval(args, argv)
         else:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"--dataset {args.dataset!r} is not known; zero-shot: {', '.join(CLASSIFICATION)}; retrieval: "
                 f"{', '.join(RETRIEVAL)}" if args.dataset else "say what to evaluate: --dataset NAME or a caption "
                 "source flag (--coco-dir, --csv, --jsonl, --tfds, --sample, --shards); see --help"
             )
         print(f"report: {path}")
         return 0
-    except (ValueError, OSError) as error:  # user errors: one clear message, no traceback
+    except (DualEncoderError, OSError) as error:  # bad input or an unusable file: one line; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ import dual_encoder  # noqa: F401  (sets TensorFlow's environment before it is i
 from dual_encoder import config as run_config
 from dual_encoder.cli import HelpFormatter
 from dual_encoder.data.sources import add_source_arguments, records_from_args
+from dual_encoder.errors import DualEncoderError
 
 DATA_FLAGS = ("coco_dir", "csv", "jsonl", "tfds", "sample")
 
@@ -78,17 +79,14 @@ def main(argv=None) -> int:
     config = run_config.apply_overrides(run_config.get_preset(preset), args)
     output_dir = args.output_dir or os.path.join("runs", preset)
 
-    from dual_encoder import towers, training
-    from dual_encoder.data.collect import SourceFormatError
-    from dual_encoder.data.tfrecords import ConfigMismatchError, NoShardsError
+    from dual_encoder import training
 
     try:
         shard_dirs = prepare_shards(args, config)
         # Keras' per-batch progress bar rewrites one line; in a log file (no terminal) one line per epoch reads better.
         verbose = 0 if args.quiet else "auto" if sys.stdout.isatty() else 2
         results = training.train(config, shard_dirs, output_dir, verbose=verbose, export=not args.no_export)
-    except (towers.PretrainedWeightsUnavailable, SourceFormatError, NoShardsError, ConfigMismatchError,
-            training.TrainingDiverged, FileNotFoundError, ValueError) as error:
+    except (DualEncoderError, OSError) as error:  # bad input or an unusable file: one line; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,6 +13,8 @@ import importlib
 
 import keras
 
+from dual_encoder.errors import DualEncoderError
+
 # private API -> what we use it for (checked one by one in tests/test_compat.py)
 PRIVATE_APIS = {
     "keras_hub.src.layers.preprocessing.preprocessing_layer.PreprocessingLayer":
@@ -32,7 +34,7 @@ PRIVATE_APIS = {
 }
 
 
-class KerasApiChanged(ImportError):
+class KerasApiChanged(DualEncoderError, ImportError):
     """A private Keras / keras-hub API this package relies on is gone: the installed version is
     newer (or older) than the one `dual_encoder/_compat.py` was written for."""
 

@@ -21,6 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError
+
 TEMPLATE = "a photo of a {}."
 TOP_K = 10  # as in the ConSE paper
 IMAGENET_CLASSES = 1000
@@ -28,7 +30,7 @@ IMAGENET_CLASSES = 1000
 _SERIALIZABLE = "dual_encoder"
 
 
-class ClassPriorUnavailable(ValueError):
+class ClassPriorUnavailable(DualEncoderError, ValueError):
     """The image tower has no usable ImageNet classifier for the class prior."""
 
 
@@ -42,7 +44,7 @@ class ClassPrior(keras.layers.Layer):
         kwargs["trainable"] = False
         super().__init__(**kwargs)
         if not 1 <= top_k <= num_classes:
-            raise ValueError(f"class prior top_k must be in 1..{num_classes}, got {top_k}")
+            raise InvalidArgumentError(f"class prior top_k must be in 1..{num_classes}, got {top_k}")
         self.num_classes, self.text_dim, self.top_k, self.template = num_classes, text_dim, top_k, template
 
     def build(self, input_shape):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from dual_encoder.data import tfrecords
+from dual_encoder.errors import InvalidArgumentError
 from dual_encoder.losses import LOGIT_SCALE_INIT
 
 
@@ -179,7 +180,7 @@ def get_preset(name: str) -> RunConfig:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise InvalidArgumentError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from dual_encoder import files
 from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
 from dual_encoder.data.records import SkipCounter
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 from dual_encoder.retrieval import l2_normalize
 
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -48,7 +49,7 @@ KERAS_HUB_PREPROCESSORS = {"CLIPBackbone": "CLIPPreprocessor", "SigLIPBackbone":
 _DECODE_THREADS = max(2, min(8, os.cpu_count() or 2))  # Pillow decodes outside the GIL
 
 
-class EmbedderError(ValueError):
+class EmbedderError(DualEncoderError, ValueError):
     """A model cannot be loaded; the message says what to pass instead."""
 
 
@@ -79,11 +80,11 @@ class ImagePrep:
 
     def __post_init__(self):
         if self.mode not in RESIZE_MODES:
-            raise ValueError(f"unknown resize mode {self.mode!r}; choose one of {RESIZE_MODES}")
+            raise InvalidArgumentError(f"unknown resize mode {self.mode!r}; choose one of {RESIZE_MODES}")
         if self.library == "tensorflow" and (self.mode, self.interpolation) not in _TF_RESIZES:
-            raise ValueError(f"the training resize supports {sorted(_TF_RESIZES)}; use library='pillow' for others")
+            raise InvalidArgumentError(f"the training resize supports {sorted(_TF_RESIZES)}; use library='pillow' for others")
         if self.library == "pillow" and self.interpolation not in _PIL_FILTERS:
-            raise ValueError(f"unknown interpolation {self.interpolation!r}; choose one of {tuple(_PIL_FILTERS)}")
+            raise InvalidArgumentError(f"unknown interpolation {self.interpolation!r}; choose one of {tuple(_PIL_FILTERS)}")
 
     def replace(self, side: Optional[int] = None, mode: Optional[str] = None) -> "ImagePrep":
         """A copy with another side and/or mode (switching to Pillow where TensorFlow has no such mode)."""
@@ -124,7 +125,7 @@ def load_rgb(source, name: str = "image") -> np.ndarray:
         source = np.asarray(source.convert("RGB"))
     if isinstance(source, np.ndarray) and source.dtype.kind == "f":
         if source.size and not (0.0 <= float(source.min()) and float(source.max()) <= 1.0):
-            raise ValueError(f"{name}: float pixels must be in [0, 1]; pass uint8 for 0..255 pixels")
+            raise InvalidArgumentError(f"{name}: float pixels must be in [0, 1]; pass uint8 for 0..255 pixels")
         source = np.round(source * 255.0).astype(np.uint8)
     if isinstance(source, np.ndarray) and source.dtype == np.uint8 and source.ndim == 3 and source.shape[2] == 3:
         return source

@@ -18,10 +18,11 @@ from dual_encoder import files, probe, retrieval, zeroshot
 from dual_encoder.data.folders import IMAGE_EXTENSIONS, DataLayoutError, LabeledImages, images_in
 from dual_encoder.data.records import ImageRecord, SkipCounter
 from dual_encoder.embedders import load_rgb
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 from dual_encoder.metrics import classification_report
 
 
-class EvaluationError(ValueError):
+class EvaluationError(DualEncoderError, ValueError):
     """Nothing left to evaluate (e.g. every image unreadable)."""
 
 
@@ -162,7 +163,7 @@ def folder_index(embedder, folder, cache: Optional[retrieval.EmbeddingCache] = N
 def search(embedder, index: retrieval.EmbeddingIndex, query: str, top_k: int = 9) -> list[tuple[str, float]]:
     """(path, cosine score) of the best `top_k` images for a text query, best first."""
     if not query.strip():
-        raise ValueError("the search query is empty")
+        raise InvalidArgumentError("the search query is empty")
     scores, rows = index.search(embedder.encode_texts([query]), top_k)
     return [(index.keys[i], float(s)) for i, s in zip(rows[0], scores[0])]
 

@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from dual_encoder.data.pipeline import resize_image
+from dual_encoder.errors import InvalidArgumentError
 
 USAGE = """\
 import tensorflow as tf
@@ -32,7 +33,7 @@ IMAGE_DTYPES = (tf.uint8, tf.float32, tf.float64)
 def export_saved_model(model, path: str) -> str:
     """Writes `model` to `path` with `encode_image` / `encode_text` endpoints and signatures."""
     if model.text_preprocessor is None:
-        raise ValueError("the model has no text preprocessor, so `encode_text` cannot take raw strings")
+        raise InvalidArgumentError("the model has no text preprocessor, so `encode_text` cannot take raw strings")
     archive = keras.export.ExportArchive()
     archive.track(model)
 

@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from dual_encoder import files
 from dual_encoder.data import pipeline, schema
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError, PathNotFoundError
 from dual_encoder.towers import ImageTower, TextTower, TokenPooling
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ KINDS = ("image", "text")
 Tower = Union[ImageTower, TextTower]
 
 
-class CacheMiss(Exception):
+class CacheMiss(DualEncoderError):
     """A shard's cache file is absent, or unusable (`reason` says why); extraction rebuilds it."""
 
     def __init__(self, path: str, reason: str):
@@ -402,13 +403,13 @@ class FeatureCache:
                     try:
                         arrays[kind] = load_shard(path, shard, fingerprint)
                     except CacheMiss as miss:
-                        raise FileNotFoundError(f"no usable cached features: {miss}; run FeatureCache.extract first") from None
+                        raise PathNotFoundError(f"no usable cached features: {miss}; run FeatureCache.extract first") from None
             if len(arrays["image"]["image_ids"]) != len(arrays["text"]["counts"]):
-                raise ValueError(f"{shard}: image and text caches disagree on the number of images; delete "
+                raise InvalidArgumentError(f"{shard}: image and text caches disagree on the number of images; delete "
                                  f"{os.path.dirname(os.path.dirname(self.paths(shard)['image']))} and extract again")
             shards.append(arrays)
         if not shards:
-            raise ValueError("no shard files to load features for")
+            raise InvalidArgumentError("no shard files to load features for")
         return CachedFeatures(
             image_features=np.concatenate([s["image"]["features"] for s in shards]),
             image_ids=np.concatenate([s["image"]["image_ids"] for s in shards]),
@@ -456,7 +457,7 @@ def pair_dataset(features: CachedFeatures, config: pipeline.PipelineConfig) -> t
     keep = rank < config.captions_per_image
     first_k = np.flatnonzero(keep)
     if not len(first_k):
-        raise ValueError("the cached shards hold no captions")
+        raise InvalidArgumentError("the cached shards hold no captions")
     if not config.shuffle:
         position = np.empty(len(counts), np.int64)
         position[read_order(features.shard_sizes)] = np.arange(len(counts))

@@ -12,6 +12,8 @@ import math
 
 import tensorflow as tf
 
+from dual_encoder.errors import InvalidArgumentError
+
 MASKED_LOGIT = -1e9
 LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP: temperature 0.07
 LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps the scale at 100
@@ -88,4 +90,4 @@ def get_loss(name: str):
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}") from None
+        raise InvalidArgumentError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}") from None

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from dual_encoder import _compat, losses
 from dual_encoder import class_prior as _class_prior  # noqa: F401  (registers ClassPrior for loading)
+from dual_encoder.errors import InvalidArgumentError
 
 _SERIALIZABLE = "dual_encoder"
 
@@ -32,7 +33,7 @@ class ProjectionHead(keras.layers.Layer):
     def __init__(self, projection_dim=256, kind="mlp", dropout=0.1, **kwargs):
         super().__init__(**kwargs)
         if kind not in self.KINDS:
-            raise ValueError(f"unknown head {kind!r}; choose one of {self.KINDS}")
+            raise InvalidArgumentError(f"unknown head {kind!r}; choose one of {self.KINDS}")
         self.projection_dim, self.kind, self.dropout_rate = projection_dim, kind, dropout
         self.project = keras.layers.Dense(projection_dim, name="project")
         if kind == "mlp":

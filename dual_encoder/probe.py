@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from dual_encoder.errors import InvalidArgumentError
 from dual_encoder.metrics import classification_report
 
 Shots = Union[int, str]  # an int k, or "all"
@@ -42,7 +43,7 @@ def parse_shots(values: Sequence[str]) -> list[Shots]:
         elif str(value).isdigit() and int(value) > 0:
             shots.append(int(value))
         else:
-            raise ValueError(f"k-shot values are positive integers or 'all', got {value!r}")
+            raise InvalidArgumentError(f"k-shot values are positive integers or 'all', got {value!r}")
     return shots
 
 

@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from dual_encoder import files
+from dual_encoder.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class EmbeddingIndex:
         runs once and the rest is a matrix product and a comparison per chunk.
         """
         if k < 1:  # numpy's own error here is about broadcasting shapes
-            raise ValueError(f"top_k must be at least 1, got {k}")
+            raise InvalidArgumentError(f"top_k must be at least 1, got {k}")
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         k = min(k, len(self.embeddings))
         best_scores = np.zeros((len(queries), 0), np.float32)
@@ -114,7 +115,7 @@ def text_to_image_ranks(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.n
 def image_to_text_ranks(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndarray) -> np.ndarray:
     """Best rank of any of an image's captions among all captions."""
     if len(image_emb) and np.bincount(owner, minlength=len(image_emb)).min() == 0:
-        raise ValueError("every image needs at least one caption for image->text retrieval")
+        raise InvalidArgumentError("every image needs at least one caption for image->text retrieval")
     ranks = np.empty(len(image_emb), dtype=np.int64)
     for start in range(0, len(image_emb), _CHUNK_ROWS):
         sim = image_emb[start : start + _CHUNK_ROWS] @ text_emb.T

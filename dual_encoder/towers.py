@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from dual_encoder import _compat
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError, PathNotFoundError
 
 _SERIALIZABLE = "dual_encoder"
 DEFAULT_SEQUENCE_LENGTH = 64  # captions are short; preset defaults of 256-512 cost 5-20x
@@ -36,7 +37,7 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 POOLING_MODES = ("cls", "mean", "max", "last")
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(DualEncoderError, RuntimeError):
     """Pretrained weights (or a preset's config) could not be downloaded, e.g. offline."""
 
 
@@ -174,7 +175,7 @@ class TokenPooling(keras.layers.Layer):
     def __init__(self, mode="cls", **kwargs):
         super().__init__(**kwargs)
         if mode not in POOLING_MODES:
-            raise ValueError(f"unknown pooling {mode!r}; choose one of {POOLING_MODES}")
+            raise InvalidArgumentError(f"unknown pooling {mode!r}; choose one of {POOLING_MODES}")
         self.mode = mode
 
     def call(self, sequence, padding_mask=None):
@@ -246,7 +247,7 @@ def _weights_file(weights) -> Optional[str]:
         return None
     path = os.path.expanduser(str(weights))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {str(weights)!r} not found; pass 'imagenet', a local weights file "
+        raise PathNotFoundError(f"weights file {str(weights)!r} not found; pass 'imagenet', a local weights file "
                                 "(.h5 / .weights.h5) or None")
     return path
 
@@ -310,9 +311,9 @@ def _read_json(directory: str, name: str) -> Optional[dict]:
 
 def _unknown(kind: str, name: str, known) -> Exception:
     if os.sep in name or name.startswith((".", "~")):  # meant as a folder
-        return FileNotFoundError(f"{kind} tower {name!r}: no such directory (a local tower is a keras-hub preset "
+        return PathNotFoundError(f"{kind} tower {name!r}: no such directory (a local tower is a keras-hub preset "
                                  f"folder{', or a Hugging Face / sentence-transformers BERT folder' if kind == 'text' else ''})")
-    return ValueError(
+    return InvalidArgumentError(
         f"unknown {kind} tower {name!r}: not one of {', '.join(known)}, not a keras-hub preset of that kind, "
         "not a kaggle:// or hf:// handle and not an existing preset directory")
 
@@ -333,7 +334,7 @@ def freeze(model: keras.Model, trainable: bool, last_n_layers: Optional[int] = N
     contrastive batches would wreck the pretrained statistics. Call `compile()` again afterwards.
     """
     if last_n_layers is not None and last_n_layers < 0:
-        raise ValueError(f"last_n_layers must be >= 0, got {last_n_layers}")
+        raise InvalidArgumentError(f"last_n_layers must be >= 0, got {last_n_layers}")
     _compat.set_trainable(model, bool(trainable))
     if not trainable or last_n_layers is None:
         return
@@ -408,7 +409,7 @@ def _hub_image(name: str, weights, weights_file, image_size) -> _ImageBackbone:
                       "config downloaded even without weights."):
         backbone = keras_hub.models.Backbone.from_preset(name, load_weights=weights is not None and not weights_file)
         if any(isinstance(t, dict) for t in (backbone.input, backbone.output)) or len(backbone.input.shape) != 4:
-            raise ValueError(f"{name!r} holds a {type(backbone).__name__}, not an image backbone")
+            raise InvalidArgumentError(f"{name!r} holds a {type(backbone).__name__}, not an image backbone")
         try:
             converter = keras_hub.layers.ImageConverter.from_preset(name)
         except (FileNotFoundError, ValueError):  # no image converter: keras-hub feeds raw pixels
@@ -419,7 +420,7 @@ def _hub_image(name: str, weights, weights_file, image_size) -> _ImageBackbone:
     preset_size = tuple(converter.image_size) if getattr(converter, "image_size", None) else None
     size = (image_size,) * 2 if image_size else preset_size or (fixed if None not in fixed else (224, 224))
     if None not in fixed and tuple(size) != fixed:
-        raise ValueError(f"image tower {name!r} has a fixed input of {fixed} pixels; image_size={image_size} "
+        raise InvalidArgumentError(f"image tower {name!r} has a fixed input of {fixed} pixels; image_size={image_size} "
                          "does not fit it")
     token_pooling = "cls" if getattr(backbone, "use_class_token", True) else "mean"  # ViT-like outputs
     return _ImageBackbone(
@@ -487,7 +488,7 @@ class _TextBackbone:
 
 def _tiny_text(vocabulary, sequence_length: int) -> _TextBackbone:
     if not vocabulary:
-        raise ValueError("the tiny text tower needs vocabulary=build_vocabulary(captions)")
+        raise InvalidArgumentError("the tiny text tower needs vocabulary=build_vocabulary(captions)")
     tokenizer = keras_hub.tokenizers.BertTokenizer(vocabulary=list(vocabulary), lowercase=True, strip_accents=True,
                                                    **_compat.TF_ONLY)
     architecture = dataclasses.asdict(TINY_TEXT)
@@ -535,7 +536,7 @@ def _hub_text(name: str, pretrained: bool) -> _TextBackbone:
                       "whose config and vocabulary must be downloaded too."):
         backbone = keras_hub.models.Backbone.from_preset(name, load_weights=pretrained)
         if not isinstance(backbone.input, dict) or not {"token_ids", "padding_mask"} <= set(backbone.input):
-            raise ValueError(f"{name!r} holds a {type(backbone).__name__}, not a text backbone")
+            raise InvalidArgumentError(f"{name!r} holds a {type(backbone).__name__}, not a text backbone")
         tokenizer = keras_hub.models.Tokenizer.from_preset(name, **_tokenizer_options(name, hf_config))
     activation = _HF_ACTIVATIONS.get((hf_config or {}).get("hidden_act"))
     if activation and isinstance(backbone, keras_hub.models.BertBackbone):
@@ -557,14 +558,14 @@ def build_text_tower(name: str = "bert_base_en_uncased", pretrained: bool = True
     if name.lower() == "tiny":
         built = _tiny_text(vocabulary, sequence_length)
     elif vocabulary is not None:
-        raise ValueError(f"vocabulary= is for the tiny text tower; {name!r} brings its own")
+        raise InvalidArgumentError(f"vocabulary= is for the tiny text tower; {name!r} brings its own")
     elif _is_hub(name, keras_hub.models.TextClassifier, keras_hub.models.CausalLM):
         built = _hub_text(name, pretrained)
     else:
         raise _unknown("text", name, TEXT_TOWERS)
     max_length = getattr(built.model, "max_sequence_length", None)
     if max_length and sequence_length > max_length:
-        raise ValueError(f"sequence_length={sequence_length} exceeds {name!r}'s maximum of {max_length}")
+        raise InvalidArgumentError(f"sequence_length={sequence_length} exceeds {name!r}'s maximum of {max_length}")
     inputs, outputs = built.model.input, built.model.output
     # The backbone's own graph up to the token sequence (BERT's unused NSP pooler left out).
     outputs = outputs["sequence_output"] if isinstance(outputs, dict) else outputs

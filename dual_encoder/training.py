@@ -25,6 +25,7 @@ import tensorflow as tf
 from dual_encoder import class_prior, feature_cache, files, towers
 from dual_encoder.config import RunConfig
 from dual_encoder.data import pipeline
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 from dual_encoder.model import DualEncoder, num_workers
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ CAPTION_SAMPLE = 5000
 RESUMABLE_CHANGES = {"epochs", "feature_cache", "val_fraction", "split_seed", "images_per_shard", "max_side"}
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(DualEncoderError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -110,15 +111,15 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable (cluster and task)")
+            raise InvalidArgumentError("--strategy multiworker needs the TF_CONFIG environment variable (cluster and task)")
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as error:
             if "program startup" not in str(error):
                 raise
-            raise ValueError("--strategy multiworker must be set up before TensorFlow runs anything in the process: "
+            raise InvalidArgumentError("--strategy multiworker must be set up before TensorFlow runs anything in the process: "
                              "call train() from a fresh process (e.g. python train.py)") from error
-    raise ValueError(f"unknown strategy {name!r}; choose default, mirrored or multiworker")
+    raise InvalidArgumentError(f"unknown strategy {name!r}; choose default, mirrored or multiworker")
 
 
 def worker_output_dir(output_dir: Path, strategy: tf.distribute.Strategy) -> Path:
@@ -330,7 +331,7 @@ def _check_same_config(output_dir: Path, config_dict: dict, shards: list[str]) -
         if previous.get("shards", shards) != shards:
             changed.append("the training data (other shard folders, or shards written again)")
         if changed:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{output_dir} holds a run with other settings ({', '.join(changed)}); "
                 "use a new --output-dir, or the same flags and data to resume it"
             )
@@ -364,8 +365,8 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
     started = time.perf_counter()
     strategy = make_strategy(config.train.strategy)  # first: MultiWorkerMirroredStrategy must precede any TF op
     if config.train.jit_compile and strategy.num_replicas_in_sync > 1:
-        raise ValueError(f"--jit-compile needs a single replica ({strategy.num_replicas_in_sync} here): Keras compiles the "
-                         "whole distributed step, replicas and collectives included, which XLA cannot")
+        raise InvalidArgumentError(f"--jit-compile needs a single replica ({strategy.num_replicas_in_sync} here): Keras "
+                                   "compiles the whole distributed step, replicas and collectives included, which XLA cannot")
     output_dir = worker_output_dir(Path(output_dir), strategy)
     output_dir.mkdir(parents=True, exist_ok=True)
     manifests = read_manifests(shard_dirs)

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from dual_encoder.errors import InvalidArgumentError
 from dual_encoder.retrieval import l2_normalize
 
 PLACEHOLDER = "{}"
@@ -85,7 +86,7 @@ def _check(templates: Sequence[str], origin: str) -> list[str]:
     templates = [t for t in templates if t.strip()]
     bad = [t for t in templates if PLACEHOLDER not in t]
     if not templates or bad:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"templates from {origin} must each contain '{{}}' where the class name goes "
             f"(e.g. 'a photo of a {{}}.'); offending: {bad[:3] or 'none given'}"
         )
@@ -110,7 +111,7 @@ def resolve_templates(spec: Union[str, Sequence[str], None] = None, dataset: Opt
         return "literal", _check([spec], "the command line")
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(
+        raise InvalidArgumentError(
             f"--templates {spec!r} is neither a file nor a known set "
             f"({', '.join(['auto', *TEMPLATE_SETS])}) nor a template containing '{{}}'"
         )

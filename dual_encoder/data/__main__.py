@@ -11,6 +11,7 @@ import tensorflow as tf
 from dual_encoder.data import tfrecords
 from dual_encoder.data.sources import add_source_arguments, records_from_args
 from dual_encoder.data.tfrecords import write_shards
+from dual_encoder.errors import DualEncoderError
 
 EXAMPLES = """examples:
   python -m dual_encoder.data --coco-dir data/coco --split val2017 --out tfrecords/coco_val
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
             seed=args.seed, images_per_shard=args.images_per_shard, max_side=args.max_side,
             progress=not args.quiet, overwrite=args.overwrite,
         )
-    except (ValueError, OSError, tf.errors.OpError) as e:
+    except (DualEncoderError, OSError, tf.errors.OpError) as e:  # bad input or storage: one line; a bug keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2  # as train.py and evaluate.py (and argparse) do for bad input
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from dual_encoder.data.collect import RecordBuilder, SourceFormatError, require_file, warn_skips
 from dual_encoder.data.records import ImageRecord, SkipCounter
+from dual_encoder.errors import PathNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def coco_records(
     image_dir = os.path.join(coco_dir, split)
     require_file(captions_json, "COCO captions file")
     if not tf.io.gfile.isdir(image_dir):
-        raise FileNotFoundError(f"{image_dir}: no such image folder (COCO layout: DIR/<split>/*.jpg, e.g. DIR/val2017)")
+        raise PathNotFoundError(f"{image_dir}: no such image folder (COCO layout: DIR/<split>/*.jpg, e.g. DIR/val2017)")
     data = _load_json(captions_json)
 
     builder = RecordBuilder(source="coco", skipped=skipped)

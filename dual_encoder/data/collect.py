@@ -15,11 +15,12 @@ import numpy as np
 import tensorflow as tf
 
 from dual_encoder.data.records import ImageRecord, SkipCounter, clean_caption
+from dual_encoder.errors import DualEncoderError, PathNotFoundError
 
 logger = logging.getLogger(__name__)
 
 
-class SourceFormatError(ValueError):
+class SourceFormatError(DualEncoderError, ValueError):
     """A caption file that cannot be read as a whole; the message names the file (and line)."""
 
 
@@ -40,7 +41,7 @@ def skip_image(skipped: SkipCounter, reason: str, what: str, captions: int) -> N
 def require_file(path: str, what: str = "file") -> None:
     """Fails early with the path in the message, instead of deep inside a TensorFlow reader."""
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path}: no such {what}")
+        raise PathNotFoundError(f"{path}: no such {what}")
 
 
 def is_url(path: str) -> bool:

@@ -19,6 +19,8 @@ from typing import Optional, Union
 
 import numpy as np
 
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 ANIMALS10_CLASSES = {  # Italian folder -> English class name
@@ -48,7 +50,7 @@ ANIMALS10_LAYOUT = f"""\
 """
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(DualEncoderError, ValueError):
     """The data folder is missing or not laid out as expected; the message shows the layout."""
 
 
@@ -214,7 +216,7 @@ def keep_top_classes(data: LabeledImages, count: int) -> LabeledImages:
     `info["top_classes"]` records what was dropped.
     """
     if count < 1:
-        raise ValueError(f"the number of classes to keep must be at least 1, got {count}")
+        raise InvalidArgumentError(f"the number of classes to keep must be at least 1, got {count}")
     sizes = np.bincount(data.labels, minlength=len(data.class_names))
     kept = sorted(sorted(range(len(sizes)), key=lambda c: (-sizes[c], data.class_names[c]))[:count])
     rows = np.flatnonzero(np.isin(data.labels, kept))

@@ -16,6 +16,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dual_encoder.errors import DualEncoderError
+
 JPEG_QUALITY = 95
 EXIF_ORIENTATION = 0x0112
 _JPEG_END = b"\xff\xd9"
@@ -23,11 +25,11 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _BACKGROUND = (255, 255, 255)  # transparent pixels become white, as a viewer shows them
 
 
-class UndecodableImageError(ValueError):
+class UndecodableImageError(DualEncoderError, ValueError):
     """The input is not a usable image (zero bytes, truncated, not an image); counted `undecodable`."""
 
 
-class MissingImageError(FileNotFoundError):
+class MissingImageError(DualEncoderError, FileNotFoundError):
     """The image file does not exist (any more); counted `missing_file`."""
 
 

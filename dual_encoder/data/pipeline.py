@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 import tensorflow as tf
 
 from dual_encoder.data import schema
+from dual_encoder.errors import InvalidArgumentError
 
 AUTOTUNE = tf.data.AUTOTUNE
 RESIZE_MODES = ("squash", "crop")
@@ -31,7 +32,7 @@ def resize_image(image, size, mode="squash"):
     pretrained towers expect one or the other, so the mode comes from the tower.
     """
     if mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize mode {mode!r}; choose one of {RESIZE_MODES}")
+        raise InvalidArgumentError(f"unknown resize mode {mode!r}; choose one of {RESIZE_MODES}")
     image = tf.cast(image, tf.float32)
     height, width = int(size[0]), int(size[1])
     if mode == "crop":
@@ -77,7 +78,7 @@ def read_examples(files: Sequence[str], config: PipelineConfig) -> tf.data.Datas
     """Parsed examples from shards, read in parallel (interleaved)."""
     files = list(files)
     if not files:
-        raise ValueError("no shard files to read")
+        raise InvalidArgumentError("no shard files to read")
     ds = tf.data.Dataset.from_tensor_slices(files)
     if config.shuffle:
         ds = ds.shuffle(len(files), seed=config.seed)

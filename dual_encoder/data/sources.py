@@ -15,11 +15,12 @@ from dual_encoder.data.collect import is_url
 from dual_encoder.data.records import ImageRecord, SkipCounter
 from dual_encoder.data.tabular import csv_records, jsonl_records
 from dual_encoder.data.tfds_source import tfds_records
+from dual_encoder.errors import DualEncoderError
 
 SOURCE_FLAGS = ("--coco-dir", "--csv", "--jsonl", "--tfds", "--sample")
 
 
-class SourceArgumentError(ValueError):
+class SourceArgumentError(DualEncoderError, ValueError):
     """A missing or contradictory source flag."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from dual_encoder.data.collect import RecordBuilder, skip_image
 from dual_encoder.data.images import UndecodableImageError, to_rgb_jpeg
 from dual_encoder.data.records import ImageRecord, SkipCounter
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ CAPTION_FEATURES = (("captions", "text"), ("caption",), ("text",))
 ID_FEATURES = ("image/id", "image/filename", "id")
 
 
-class TfdsUnavailableError(OSError):
+class TfdsUnavailableError(DualEncoderError, OSError):
     """The dataset is not prepared locally and could not be downloaded (typically: offline)."""
 
 
@@ -37,7 +38,7 @@ def tfds_records(
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(f"no TensorFlow Datasets dataset named {name!r} ({str(e).splitlines()[0]})") from None
+        raise InvalidArgumentError(f"no TensorFlow Datasets dataset named {name!r} ({str(e).splitlines()[0]})") from None
     if not builder.is_prepared():
         if not download:
             raise TfdsUnavailableError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. {_INSTEAD}")
@@ -51,12 +52,12 @@ def tfds_records(
         dataset = builder.as_dataset(split=split)
     except (ValueError, KeyError) as e:
         splits = ", ".join(builder.info.splits) or "unknown"
-        raise ValueError(f"TFDS dataset {name!r} has no split {split!r} (splits: {splits}; {e})") from None
+        raise InvalidArgumentError(f"TFDS dataset {name!r} has no split {split!r} (splits: {splits}; {e})") from None
 
     features = builder.info.features
     caption_path = next((p for p in CAPTION_FEATURES if _has(features, p)), None)
     if "image" not in features or caption_path is None:
-        raise ValueError(f"TFDS dataset {name!r} has no 'image' and captions feature (features: {', '.join(features)})")
+        raise InvalidArgumentError(f"TFDS dataset {name!r} has no 'image' and captions feature (features: {', '.join(features)})")
     id_key = next((k for k in ID_FEATURES if k in features), None)
 
     builder_records = RecordBuilder(source=f"tfds:{name}", skipped=skipped)

@@ -45,6 +45,7 @@ from dual_encoder.data import schema
 from dual_encoder.data.collect import skip_image, warn_skips
 from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
 from dual_encoder.data.records import ImageRecord, SkipCounter
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +62,11 @@ _OWN_FILE = re.compile(
 )
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(DualEncoderError, ValueError):
     """The output folder was started with another configuration."""
 
 
-class NoShardsError(ValueError):
+class NoShardsError(DualEncoderError, ValueError):
     """A folder holds no finished shards for the requested split."""
 
 
@@ -102,7 +103,7 @@ def write_shards(
     _check_arguments(records, val_fraction, images_per_shard, max_side)
     splits = split_by_image(records, val_fraction, seed)
     if not splits["train"]:
-        raise ValueError(f"val_fraction {val_fraction} leaves no training image out of {len(records)}")
+        raise InvalidArgumentError(f"val_fraction {val_fraction} leaves no training image out of {len(records)}")
     config = {
         "val_fraction": val_fraction,
         "seed": seed,
@@ -183,16 +184,16 @@ def list_shards(dirs: Union[str, Iterable[str]], split: str) -> list[str]:
 
 def _check_arguments(records, val_fraction, images_per_shard, max_side) -> None:
     if not records:
-        raise ValueError("no images to write: the source yielded no usable image (see the skip warnings)")
+        raise InvalidArgumentError("no images to write: the source yielded no usable image (see the skip warnings)")
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InvalidArgumentError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if images_per_shard < 1:
-        raise ValueError(f"images_per_shard must be at least 1, got {images_per_shard}")
+        raise InvalidArgumentError(f"images_per_shard must be at least 1, got {images_per_shard}")
     if max_side is not None and max_side < 1:
-        raise ValueError(f"max_side must be at least 1, got {max_side}")
+        raise InvalidArgumentError(f"max_side must be at least 1, got {max_side}")
     repeated = [i for i, n in collections.Counter(r.image_id for r in records).items() if n > 1]
     if repeated:
-        raise ValueError(f"image id {repeated[0]!r} appears in several records; merge its captions into one record")
+        raise InvalidArgumentError(f"image id {repeated[0]!r} appears in several records; merge its captions into one record")
 
 
 def _records_digest(records: list[ImageRecord]) -> str:
