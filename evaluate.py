@@ -21,8 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-import dual_encoder  # noqa: F401  (sets TensorFlow's environment before it is imported)
-from dual_encoder.cli import HelpFormatter
+import dual_encoder
+from dual_encoder.cli import HelpFormatter  # first: the tools' TensorFlow defaults, before TensorFlow loads
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 
 CLASSIFICATION = ("animals10", "folder", "tfds:NAME", "csv (with --label-column)")

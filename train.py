@@ -14,7 +14,7 @@ import os
 import re
 import sys
 
-import dual_encoder  # noqa: F401  (sets TensorFlow's environment before it is imported)
+import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
 from dual_encoder import config as run_config
 from dual_encoder.cli import HelpFormatter
 from dual_encoder.data.sources import add_source_arguments, records_from_args

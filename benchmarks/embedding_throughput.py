@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the library, and the test models in tests/
 
-import dual_encoder  # noqa: E402,F401  (sets TensorFlow's environment before it is imported)
+import dual_encoder.cli  # noqa: E402,F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
 from dual_encoder.embedders import load_embedder  # noqa: E402
 from dual_encoder.retrieval import EmbeddingIndex  # noqa: E402
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import tensorflow as tf  # noqa: E402
 
-import dual_encoder  # noqa: E402,F401  (sets TensorFlow's environment before it is imported)
+import dual_encoder.cli  # noqa: E402,F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
 from dual_encoder import towers  # noqa: E402
 from dual_encoder.data import pipeline  # noqa: E402
 from dual_encoder.data.records import ImageRecord, SkipCounter  # noqa: E402

@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-import dual_encoder  # noqa: E402,F401  (sets TensorFlow's environment before it is imported)
+import dual_encoder.cli  # noqa: E402,F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
 from dual_encoder import config as run_config  # noqa: E402
 
 PRESET = "lit-small"

@@ -68,7 +68,7 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import dual_encoder  # noqa: E402,F401  (sets TensorFlow's environment before it is imported)
+import dual_encoder.cli  # noqa: E402,F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
 from dual_encoder import config as run_config  # noqa: E402
 from dual_encoder import feature_cache, towers, training  # noqa: E402
 from dual_encoder.data import pipeline  # noqa: E402

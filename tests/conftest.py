@@ -5,10 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
-from dual_encoder.data import schema
+import dual_encoder.cli  # noqa: F401  (before TensorFlow loads: tests run with the tools' TensorFlow defaults)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -21,6 +20,10 @@ def jpeg_bytes(pixels: np.ndarray, quality: int = 95) -> bytes:
 
 def write_shard(path, records):
     """Writes ImageRecords with in-memory uint8 images to one shard (no writer logic involved)."""
+    import tensorflow as tf
+
+    from dual_encoder.data import schema
+
     with tf.io.TFRecordWriter(str(path)) as writer:
         for r in records:
             h, w = r.image.shape[:2]

@@ -10,7 +10,7 @@ import sys
 
 import tensorflow as tf
 
-import dual_encoder  # noqa: F401  the package's TensorFlow environment (oneDNN on), as in training
+import dual_encoder.cli  # noqa: F401  the tools' TensorFlow defaults (oneDNN on), as in training
 
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
                                            [tf.config.LogicalDeviceConfiguration()] * 2)

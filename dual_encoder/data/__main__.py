@@ -6,8 +6,7 @@ import argparse
 import logging
 import sys
 
-import tensorflow as tf
-
+import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
 from dual_encoder.data import tfrecords
 from dual_encoder.data.sources import add_source_arguments, records_from_args
 from dual_encoder.data.tfrecords import write_shards
@@ -58,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import tensorflow as tf
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
