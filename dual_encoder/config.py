@@ -72,7 +72,7 @@ class TrainConfig:
     batch_size: int = _field(256, "global batch size (pairs); every other pair in the batch is a negative")
     epochs: int = _field(8, "maximum number of epochs")
     learning_rate: float = _field(1e-3, "AdamW learning rate")
-    weight_decay: float = _field(1e-3, "AdamW weight decay, on matrices only (never on biases, norms, gate or temperature)")
+    weight_decay: float = _field(1e-3, "AdamW weight decay (never applied to the temperature, biases or norms)")
     early_stopping_patience: int = _field(5, "stop after N epochs without val_loss improvement (best weights restored)")
     reduce_lr_patience: int = _field(3, "multiply the learning rate by --reduce-lr-factor after N epochs without val_loss "
                                         "improvement")
