@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the library, and the test models in tests/
 
 import dual_encoder.cli  # noqa: E402,F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
-from dual_encoder.embedders import load_embedder  # noqa: E402
-from dual_encoder.retrieval import EmbeddingIndex  # noqa: E402
+from dual_encoder.evaluation.embedders import load_embedder  # noqa: E402
+from dual_encoder.evaluation.retrieval import EmbeddingIndex  # noqa: E402
 
 INDEX_SIZES = (10_000, 100_000, 1_000_000)
 QUERIES, TOP_K = 64, 10

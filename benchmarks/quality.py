@@ -85,7 +85,7 @@ def shard_commands(paths: dict) -> dict[str, list[str]]:
 
 def write_data(paths: dict, shards_dir: Path, sources) -> tuple[dict, float]:
     """Writes (or reuses, when complete) the training shards; returns {name: folder} and seconds."""
-    from dual_encoder.data.__main__ import main as write_shards_cli
+    from dual_encoder.cli.data import main as write_shards_cli
 
     started = time.perf_counter()
     folders = {}
@@ -121,9 +121,9 @@ def load_tasks(paths: dict, fashion_shards) -> dict:
     """The held-out evaluation sets, loaded once (images are read per model); the fashion
     tasks only when fashion is trained on (they use its held-out split)."""
     from dual_encoder import evaluation
-    from dual_encoder.data import folders
     from dual_encoder.data.coco import coco_records
     from dual_encoder.data.records import SkipCounter
+    from dual_encoder.evaluation import datasets as folders
 
     skipped = SkipCounter()
     coco = coco_records(str(paths["coco"]), "val2017", str(paths["coco_val_captions"]), skipped=skipped)
@@ -144,8 +144,9 @@ def load_tasks(paths: dict, fashion_shards) -> dict:
 
 def evaluate_run(run_dir: Path, tasks: dict, cache_dir: Path) -> tuple[dict, dict]:
     """(flat metrics, details for the JSON) of one run's SavedModel on every held-out task."""
-    from dual_encoder import evaluation, probe, retrieval
-    from dual_encoder.embedders import load_embedder
+    from dual_encoder import evaluation
+    from dual_encoder.evaluation import probe, retrieval
+    from dual_encoder.evaluation.embedders import load_embedder
 
     started = time.perf_counter()
     embedder = load_embedder(str(run_dir), batch_size=32, progress=False)

@@ -70,12 +70,13 @@ import tensorflow as tf  # noqa: E402
 
 import dual_encoder.cli  # noqa: E402,F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
 from dual_encoder import config as run_config  # noqa: E402
-from dual_encoder import feature_cache, towers, training  # noqa: E402
+from dual_encoder import towers, training  # noqa: E402
 from dual_encoder.data import pipeline  # noqa: E402
 from dual_encoder.data.records import SkipCounter  # noqa: E402
 from dual_encoder.data.sample import sample_records  # noqa: E402
 from dual_encoder.data.tfrecords import list_shards, write_shards  # noqa: E402
 from dual_encoder.model import DualEncoder  # noqa: E402
+from dual_encoder.training import feature_cache  # noqa: E402
 
 BERT = {  # keras-hub BertBackbone architectures of the presets of these names
     "bert_base": dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072),

@@ -1,20 +1,22 @@
-"""Run configuration: dataclasses, named presets, and the flags that override them.
+"""Run configuration: dataclasses and named presets, shared by every stage (imports none of them).
 
-Every training knob lives here once, with its help text; `train.py` turns the fields into
-flags, so `--help` and the presets can never disagree.
+Every training knob lives here once, with its help text; the command-line layer
+(`cli/flags.py`) turns the fields into flags, so `--help` and the presets can never disagree.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from pathlib import Path
 from typing import Optional
 
-from dual_encoder.data import tfrecords
 from dual_encoder.errors import InvalidArgumentError
-from dual_encoder.losses import LOGIT_SCALE_INIT
+
+# Defaults shared by write_shards, `python -m dual_encoder.data` and train.py (DataConfig), so
+# that every tool writes the same split of the same source.
+VAL_FRACTION, SPLIT_SEED, IMAGES_PER_SHARD = 0.2, 0, 2000
+LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP: temperature 0.07
 
 
 def _field(default, help: str, **metadata):
@@ -55,11 +57,11 @@ class ModelConfig:
 @dataclasses.dataclass
 class DataConfig:
     captions_per_image: int = _field(3, "(image, caption) pairs per image and epoch, captions sampled without replacement")
-    val_fraction: float = _field(tfrecords.VAL_FRACTION, "fraction of images (never captions) held out for validation when "
+    val_fraction: float = _field(VAL_FRACTION, "fraction of images (never captions) held out for validation when "
                                                          "writing shards")
-    split_seed: int = _field(tfrecords.SPLIT_SEED, "seed of that train/val split by image (python -m dual_encoder.data --seed "
+    split_seed: int = _field(SPLIT_SEED, "seed of that train/val split by image (python -m dual_encoder.data --seed "
                                                    "has the same default, so both tools write the same split)")
-    images_per_shard: int = _field(tfrecords.IMAGES_PER_SHARD, "images per TFRecord shard when writing shards")
+    images_per_shard: int = _field(IMAGES_PER_SHARD, "images per TFRecord shard when writing shards")
     max_side: Optional[int] = _field(None, "re-encode images whose longer side exceeds N pixels when writing shards")
     shuffle_buffer: int = _field(10_000, "pairs in the shuffle buffer")
     cache: bool = _field(False, "keep parsed shards in memory after the first epoch")
@@ -181,52 +183,3 @@ def get_preset(name: str) -> RunConfig:
         return PRESETS[name]()
     except KeyError:
         raise InvalidArgumentError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
-
-
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _shown(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def preset_values(presets: dict[str, RunConfig], section: str, name: str) -> str:
-    """Each preset's value of one field, for --help: "default: X" when they agree, else "reference: X; sample: Y"."""
-    values = {preset: _shown(getattr(getattr(run, section), name)) for preset, run in presets.items()}
-    if len(set(values.values())) == 1:
-        return f"default: {next(iter(values.values()))}"
-    return "; ".join(f"{preset}: {value}" for preset, value in values.items())
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field; default None means "keep the preset's value"."""
-    presets = {name: make() for name, make in PRESETS.items()}  # built once, not once per flag
-    for section, cls in _SECTIONS.items():
-        group = parser.add_argument_group(f"{section} options (override the preset)")
-        for f in dataclasses.fields(cls):
-            shown = preset_values(presets, section, f.name)
-            agreed_and_said = shown.startswith("default:") and "default:" in f.metadata["help"]
-            help_text = f.metadata["help"] if agreed_and_said else f"{f.metadata['help']} ({shown})"
-            if f.type in ("bool", bool):
-                group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                   help=help_text)
-            else:
-                kind = {"int": int, "float": float, "str": str}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
-                choices = f.metadata.get("choices")
-                group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, choices=choices,
-                                   metavar=None if choices else f.name.upper(), help=help_text)
-
-
-def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
-    """The preset with every flag the user gave written over it."""
-    for section in _SECTIONS:
-        part = getattr(config, section)
-        for f in dataclasses.fields(part):
-            value = getattr(args, f.name, None)
-            if value is not None:
-                setattr(part, f.name, value)
-    return config

@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from dual_encoder.cli.sources import add_source_arguments
 from dual_encoder.data import schema
-from dual_encoder.data.sources import add_source_arguments
 from dual_encoder.data.tfrecords import list_shards
 
 REPO = Path(__file__).resolve().parents[1]

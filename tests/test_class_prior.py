@@ -14,8 +14,8 @@ import tensorflow as tf
 from conftest import SHARED
 from test_training import tiny_config
 
-from dual_encoder import class_prior, towers, training
-from dual_encoder.model import DualEncoder
+from dual_encoder import towers, training
+from dual_encoder.model import DualEncoder, class_prior
 
 RNG = np.random.default_rng(0)
 
@@ -128,9 +128,9 @@ needs_shared = pytest.mark.skipif(not (SHARED_IMAGE.is_dir() and SHARED_TEXT.is_
 
 @needs_shared
 def test_real_prior_matches_the_checkpoint_classifier_and_classifies_animals_zero_shot():
-    from dual_encoder.data import folders
     from dual_encoder.data.pipeline import resize_image
-    from dual_encoder.embedders import load_rgb
+    from dual_encoder.evaluation import datasets as folders
+    from dual_encoder.evaluation.embedders import load_rgb
 
     image = towers.build_image_tower(str(SHARED_IMAGE))
     text = towers.build_text_tower(str(SHARED_TEXT), sequence_length=32)

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 
 from dual_encoder import config as run_config
+from dual_encoder.cli import flags
 
 
 def _parser():
     parser = argparse.ArgumentParser(formatter_class=lambda prog: argparse.HelpFormatter(prog, width=10_000))  # no wrapping
-    run_config.add_config_arguments(parser)
+    flags.add_config_arguments(parser)
     return parser
 
 
@@ -25,7 +26,7 @@ def test_help_shows_every_presets_value_where_they_differ():
 
 def test_flags_override_only_what_was_given():
     args = _parser().parse_args(["--batch-size", "32", "--no-class-prior", "--split-seed", "7"])
-    config = run_config.apply_overrides(run_config.get_preset("lit-small"), args)
+    config = flags.apply_overrides(run_config.get_preset("lit-small"), args)
     assert (config.train.batch_size, config.model.class_prior, config.data.split_seed) == (32, False, 7)
     assert config.train.learning_rate == run_config.get_preset("lit-small").train.learning_rate
     with pytest.raises(ValueError, match="lit-small"):

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from data_fixtures import read_split
 
-from dual_encoder.data.__main__ import build_parser
-from dual_encoder.data.sources import records_from_args
+from dual_encoder.cli.data import build_parser
+from dual_encoder.cli.sources import records_from_args
 from dual_encoder.data.tfrecords import write_shards
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -7,8 +7,8 @@ import pytest
 from fake_models import COLOURS, build_tiny_clip_preset, build_tiny_siglip_preset, colour_image, shared_colour_model
 from PIL import Image
 
-from dual_encoder import embedders
 from dual_encoder.data.records import SkipCounter
+from dual_encoder.evaluation import embedders
 
 
 @pytest.fixture(scope="module")

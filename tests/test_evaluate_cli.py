@@ -1,7 +1,6 @@
 """evaluate.py end to end on generated data with the informative colour model."""
 
 import collections
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,7 +12,8 @@ from data_fixtures import read_split
 from fake_models import COLOURS, build_tiny_clip_preset, colour_image, shared_colour_model, write_colour_folders
 from PIL import Image
 
-from dual_encoder import embedders
+from dual_encoder.cli import evaluate as cli
+from dual_encoder.evaluation import embedders
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFICATION_KEYS = ("accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1",
@@ -21,14 +21,6 @@ CLASSIFICATION_KEYS = ("accuracy", "top5_accuracy", "macro_precision", "macro_re
 RANK_KEYS = ("R@1", "R@5", "R@10", "mean_rank", "median_rank")
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cli = _load_cli()
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +262,7 @@ def test_a_real_process_shows_the_layout_and_no_traceback(tmp_path):
 def test_the_library_api_takes_notebook_arguments_and_refuses_wrong_ones(model, colour_folders):
     """What a notebook passes: one string, a template list, a PIL image, floats in [0, 1]."""
     from dual_encoder import evaluation
-    from dual_encoder.data import folders
+    from dual_encoder.evaluation import datasets as folders
 
     embedder = embedders.load_embedder(model, progress=False)
     assert embedder.encode_texts("a red picture").shape[0] == 1  # one text, not one per character

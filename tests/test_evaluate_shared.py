@@ -5,7 +5,6 @@ on real files (Italian folders, real JPEG sizes, the official COCO caption file 
 missing), not the numbers.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -23,10 +22,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("evaluate_cli_shared", ROOT / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from dual_encoder.cli import evaluate
+
+    return evaluate
 
 
 def _report(cli, args, tmp_path) -> dict:

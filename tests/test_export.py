@@ -102,7 +102,7 @@ def test_model_without_text_preprocessor_cannot_export(tiny_model, tmp_path):
 
 
 def test_a_bare_export_tells_evaluation_how_it_resizes(tiny_model, tmp_path):
-    from dual_encoder.embedders import ImagePrep, SavedModelEmbedder
+    from dual_encoder.evaluation.embedders import ImagePrep, SavedModelEmbedder
 
     path = export_saved_model(tiny_model, str(tmp_path / "bare"))  # no results.json beside it
     assert SavedModelEmbedder(path, progress=False).prep == ImagePrep(48, tiny_model.resize)

@@ -13,12 +13,15 @@ import tensorflow as tf
 from conftest import write_shard
 
 from dual_encoder import config as run_config
-from dual_encoder import feature_cache, towers, training
+from dual_encoder import towers, training
 from dual_encoder.data import pipeline
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.data.sample import sample_records
 from dual_encoder.data.tfrecords import write_shards
 from dual_encoder.model import DualEncoder
+from dual_encoder.towers import features as text_features
+from dual_encoder.towers import text as text_towers
+from dual_encoder.training import feature_cache
 
 IMAGE_SIZE, SEQUENCE_LENGTH = 32, 16
 
@@ -184,10 +187,10 @@ def test_a_new_tower_or_preprocessing_gets_a_new_folder(records):
 
 
 def test_length_buckets():
-    assert feature_cache.length_buckets(64) == (16, 32, 64)
-    assert feature_cache.length_buckets(40) == (16, 32, 40)
-    assert feature_cache.length_buckets(16) == (16,)
-    assert feature_cache.length_buckets(8) == (8,)
+    assert text_features.length_buckets(64) == (16, 32, 64)
+    assert text_features.length_buckets(40) == (16, 32, 40)
+    assert text_features.length_buckets(16) == (16,)
+    assert text_features.length_buckets(8) == (8,)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
@@ -196,13 +199,13 @@ def test_captions_by_length_bucket_give_the_full_length_features_and_the_same_ca
     words = [c for r in records for c in r.captions]
     varied = [dataclasses.replace(r, captions=[" ".join(rng.choice(words, n)) for n in (1, 3, 6, 12)])  # ~8..90 tokens
               for r in records[:12]]
-    monkeypatch.setattr(towers, "TINY_TEXT", dataclasses.replace(towers.TINY_TEXT, pooling=pooling))
+    monkeypatch.setattr(text_towers, "TINY_TEXT", dataclasses.replace(text_towers.TINY_TEXT, pooling=pooling))
     keras.utils.set_random_seed(3)
     image = towers.build_image_tower("tiny", weights=None, image_size=IMAGE_SIZE)
     text = towers.build_text_tower("tiny", sequence_length=64, vocabulary=towers.build_vocabulary(words, size=200))
     for tower in (image, text):
         towers.freeze(tower.model, False)
-    assert feature_cache.pools_with_padding_mask(text)
+    assert text_features.pools_with_padding_mask(text)
     out = {}
     for buckets in (True, False):
         (tmp_path / str(buckets)).mkdir()
@@ -212,7 +215,7 @@ def test_captions_by_length_bucket_give_the_full_length_features_and_the_same_ca
         out[buckets] = cache, report, cache.load(files)
     (cache, report, bucketed), (full_cache, full_report, full) = out[True], out[False]
     assert cache.folders == full_cache.folders  # the same key: either reads the other's files
-    lengths = feature_cache.TextFeatures(text).tokens([c for r in varied for c in r.captions])["padding_mask"].sum(axis=1)
+    lengths = text_features.TextFeatures(text).tokens([c for r in varied for c in r.captions])["padding_mask"].sum(axis=1)
     assert report.length_buckets == {16: int(np.sum(lengths <= 16)), 32: int(np.sum((lengths > 16) & (lengths <= 32))),
                                      64: int(np.sum(lengths > 32))}
     assert min(report.length_buckets.values()) > 0 and lengths.max() == 64  # every bucket used, some captions truncated
@@ -228,10 +231,10 @@ def test_captions_by_length_bucket_give_the_full_length_features_and_the_same_ca
 def test_bucketing_falls_back_to_the_full_length_where_padding_changes_the_features(records, monkeypatch):
     vocabulary = towers.build_vocabulary([c for r in records for c in r.captions], size=200)
     text = towers.build_text_tower("tiny", sequence_length=32, vocabulary=vocabulary)
-    forward = feature_cache.TextFeatures._forward
-    monkeypatch.setattr(feature_cache.TextFeatures, "_forward",  # as if the features saw the padding
+    forward = text_features.TextFeatures._forward
+    monkeypatch.setattr(text_features.TextFeatures, "_forward",  # as if the features saw the padding
                         lambda self, length, tokens: forward(self, min(length, 16), tokens) + length)
-    features = feature_cache.TextFeatures(text)
+    features = text_features.TextFeatures(text)
     assert features.buckets == (16, 32)
     captions = [c for r in records[:4] for c in r.captions]
     out = features(captions, batch_size=4)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dual_encoder.data import folders
+from dual_encoder.evaluation import datasets as folders
 
 
 def _touch_images(folder: Path, count: int, suffix: str = ".jpg") -> None:

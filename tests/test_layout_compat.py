@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dual_encoder import feature_cache, towers
+from dual_encoder import towers
 from dual_encoder.model import DualEncoder  # noqa: F401  (registers the class for keras.models.load_model)
+from dual_encoder.training import feature_cache
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pre_move"
 IMAGE_SIZE, SEQUENCE_LENGTH, SEED = 32, 16, 11  # as make_fixture.py built them

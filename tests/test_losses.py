@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dual_encoder import losses
+from dual_encoder.model import losses
 
 
 def _unit(rows):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dual_encoder import metrics
+from dual_encoder.evaluation import metrics
 
 # Hand-built 3-class case. Rows are true classes, columns predictions:
 #   true 0: 3 right, 1 -> class 1         [3, 1, 0]

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from dual_encoder import config as run_config
-from dual_encoder import losses, towers, training
-from dual_encoder.model import DualEncoder, ProjectionHead
+from dual_encoder import towers, training
+from dual_encoder.model import DualEncoder, ProjectionHead, losses
 
 CAPTIONS = ["a red circle", "two blue squares", "three green triangles on the left", "a white diamond"]
 

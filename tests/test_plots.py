@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from dual_encoder import plots
+from dual_encoder.evaluation import plots
 
 
 def _is_png(path, min_side=100):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dual_encoder import probe
-from dual_encoder.retrieval import l2_normalize
+from dual_encoder.evaluation import probe
+from dual_encoder.evaluation.retrieval import l2_normalize
 
 
 def _clusters(per_class=20, classes=4, dim=16, noise=0.3, seed=0):

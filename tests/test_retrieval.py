@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from dual_encoder import retrieval
+from dual_encoder.evaluation import retrieval
 
 # Similarity of 8 captions (rows) to 4 images (columns); captions 2i and 2i+1 belong to image i.
 SIM = np.array(

@@ -11,9 +11,10 @@ from data_fixtures import close, decode, encode, parse_source_flags, pattern, re
 from PIL import Image
 
 from dual_encoder import config as run_config
-from dual_encoder.data.__main__ import main
+from dual_encoder.cli import flags
+from dual_encoder.cli.data import main
+from dual_encoder.cli.sources import records_from_args
 from dual_encoder.data.records import ImageRecord, SkipCounter
-from dual_encoder.data.sources import records_from_args
 from dual_encoder.data.tfrecords import (
     ConfigMismatchError,
     NoShardsError,
@@ -309,16 +310,13 @@ def test_cli_writes_a_csv_source_in_process(messy_csv, tmp_path, capsys):
 def test_train_py_reuses_shards_the_data_cli_wrote_with_its_defaults(messy_csv, tmp_path, capsys):
     """Both tools default to the same split (same seed and fraction), so `train.py` with a source
     flag reuses what `python -m dual_encoder.data` wrote instead of refusing the folder."""
-    import importlib.util
+    from dual_encoder.cli import train as train_script
 
-    spec = importlib.util.spec_from_file_location("train_script", Path(__file__).resolve().parents[1] / "train.py")
-    train_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_script)
     csv_path, _ = messy_csv
     out = tmp_path / "o"
     assert main(["--csv", str(csv_path), *CSV_FLAGS, "--out", str(out)]) == 0
     before = (out / "manifest.json").read_text()
     args = train_script.parse_args(["--csv", str(csv_path), *CSV_FLAGS, "--shards-dir", str(out), "--quiet"])
-    config = run_config.apply_overrides(run_config.get_preset("reference"), args)
+    config = flags.apply_overrides(run_config.get_preset("reference"), args)
     assert train_script.prepare_shards(args, config) == [str(out)]
     assert (out / "manifest.json").read_text() == before

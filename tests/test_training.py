@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from dual_encoder import config as run_config
-from dual_encoder import losses, training
+from dual_encoder import training
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.data.sample import sample_records
 from dual_encoder.data.tfrecords import write_shards
+from dual_encoder.model import losses
+from dual_encoder.training import trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +82,7 @@ def test_each_call_trains_with_its_own_dtype_policy(monkeypatch, tmp_path):
     import keras
 
     seen = []
-    monkeypatch.setattr(training, "_train", lambda config, dirs, *rest: seen.append((keras.config.dtype_policy().name, dirs)))
+    monkeypatch.setattr(trainer, "_train", lambda config, dirs, *rest: seen.append((keras.config.dtype_policy().name, dirs)))
     mixed = tiny_config()
     mixed.train.mixed_precision = "mixed_bfloat16"
     training.train(mixed, "one_folder", tmp_path)

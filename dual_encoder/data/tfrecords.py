@@ -41,6 +41,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from dual_encoder import files
+from dual_encoder.config import IMAGES_PER_SHARD, SPLIT_SEED, VAL_FRACTION
 from dual_encoder.data import schema
 from dual_encoder.data.collect import skip_image, warn_skips
 from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
@@ -50,9 +51,6 @@ from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-# Defaults shared by write_shards, `python -m dual_encoder.data` and train.py (DataConfig), so
-# that every tool writes the same split of the same source.
-VAL_FRACTION, SPLIT_SEED, IMAGES_PER_SHARD = 0.2, 0, 2000
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 STATS_SUFFIX = ".stats.json"

@@ -84,13 +84,13 @@ def image_classifier_head(image_encoder: str) -> tuple[np.ndarray, np.ndarray]:
     (which are exactly the image tower's features)."""
     import keras_hub
 
-    from dual_encoder import towers
+    from dual_encoder.towers import loading
 
     instead = ("an image tower given as a keras-hub ImageClassifier preset with its ImageNet-1k head (e.g. "
                "../shared/weights/efficientnet_lite0_keras), or --no-class-prior")
-    if not towers._is_hub(image_encoder, keras_hub.models.ImageClassifier):
+    if not loading._is_hub(image_encoder, keras_hub.models.ImageClassifier):
         raise ClassPriorUnavailable(f"--class-prior needs {instead}; {image_encoder!r} is not a keras-hub preset")
-    with towers._downloading(image_encoder, f"the ImageNet classifier of {image_encoder!r}", instead):
+    with loading._downloading(image_encoder, f"the ImageNet classifier of {image_encoder!r}", instead):
         try:
             classifier = keras_hub.models.ImageClassifier.from_preset(image_encoder, preprocessor=None)
         except (FileNotFoundError, ValueError, TypeError) as exc:  # TypeError: a backbone-only preset
@@ -111,7 +111,7 @@ def image_classifier_head(image_encoder: str) -> tuple[np.ndarray, np.ndarray]:
 def embed_class_names(text_tower, names: Sequence[str], template: str = TEMPLATE) -> np.ndarray:
     """Text-tower features of `template` filled with each name (frozen tower: computed once, by
     length bucket as the feature cache computes captions)."""
-    from dual_encoder.feature_cache import TextFeatures
+    from dual_encoder.towers.features import TextFeatures
 
     return TextFeatures(text_tower)([template.format(name) for name in names])
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from dual_encoder.errors import InvalidArgumentError
-from dual_encoder.metrics import classification_report
+from dual_encoder.evaluation.metrics import classification_report
 
 Shots = Union[int, str]  # an int k, or "all"
 DEFAULT_SHOTS: tuple[Shots, ...] = (1, 4, 16, "all")

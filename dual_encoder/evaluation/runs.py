@@ -14,12 +14,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from dual_encoder import files, probe, retrieval, zeroshot
-from dual_encoder.data.folders import IMAGE_EXTENSIONS, DataLayoutError, LabeledImages, images_in
+from dual_encoder import files
 from dual_encoder.data.records import ImageRecord, SkipCounter
-from dual_encoder.embedders import load_rgb
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
-from dual_encoder.metrics import classification_report
+from dual_encoder.evaluation import probe, retrieval, zeroshot
+from dual_encoder.evaluation.datasets import IMAGE_EXTENSIONS, DataLayoutError, LabeledImages, images_in
+from dual_encoder.evaluation.embedders import load_rgb
+from dual_encoder.evaluation.metrics import classification_report
 
 
 class EvaluationError(DualEncoderError, ValueError):

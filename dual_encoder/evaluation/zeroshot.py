@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from dual_encoder.errors import InvalidArgumentError
-from dual_encoder.retrieval import l2_normalize
+from dual_encoder.evaluation.retrieval import l2_normalize
 
 PLACEHOLDER = "{}"
 

@@ -16,145 +16,33 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from dual_encoder import class_prior, feature_cache, files, towers
+from dual_encoder import towers
 from dual_encoder.config import RunConfig
 from dual_encoder.data import pipeline
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
-from dual_encoder.model import DualEncoder, num_workers
+from dual_encoder.model import class_prior
+from dual_encoder.model.dual_encoder import DualEncoder
+from dual_encoder.training import feature_cache
+from dual_encoder.training.callbacks import EpochTimer, make_callbacks
+from dual_encoder.training.distribution import make_strategy, shard_across_workers, worker_output_dir
+from dual_encoder.training.optimizer import make_optimizer
+from dual_encoder.training.run_folder import _check_same_config, data_identity, read_log, read_manifests
 
 logger = logging.getLogger(__name__)
 
 SEQUENCE_PERCENTILE = 99
 PROBE_SEQUENCE_LENGTH = 128
 CAPTION_SAMPLE = 5000
-# More (or fewer) epochs; cached or not, the same model; how shards are written (the shards
-# themselves are compared by data_identity, and these settings do nothing with --tfrecords).
-RESUMABLE_CHANGES = {"epochs", "feature_cache", "val_fraction", "split_seed", "images_per_shard", "max_side"}
 
 
 class TrainingDiverged(DualEncoderError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class NonFiniteLossGuard(keras.callbacks.Callback):
-    """Stops at the first non-finite loss and remembers where, so `train()` can say so."""
-
-    def __init__(self):
-        super().__init__()
-        self.where = None
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.where = (self._epoch + 1, batch + 1, float(loss))
-            self.model.stop_training = True
-
-
-class CallbackStateBackup(keras.callbacks.Callback):
-    """Keeps the counters of EarlyStopping, ReduceLROnPlateau and best-only ModelCheckpoint across
-    a resume: BackupAndRestore brings back weights, optimizer and epoch but not these, so a resumed
-    run would wait its full patience again and overwrite the best checkpoint with a worse one.
-    Written after every epoch; restored when training begins (list it after those callbacks)."""
-
-    FIELDS = {keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch"),
-              keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
-              keras.callbacks.ModelCheckpoint: ("best",)}
-
-    def __init__(self, path: Path, callbacks):
-        super().__init__()
-        self.path = Path(path)
-        self.tracked = [(c, fields) for c in callbacks for kind, fields in self.FIELDS.items() if isinstance(c, kind)]
-
-    def _state(self) -> list:
-        return [{f: _json_number(getattr(c, f, None)) for f in fields} for c, fields in self.tracked]
-
-    def on_train_begin(self, logs=None):
-        if not self.path.exists():
-            return
-        saved = json.loads(self.path.read_text())
-        if len(saved) != len(self.tracked):
-            logger.warning("%s does not match this run's callbacks; their counters start afresh", self.path)
-            return
-        for (callback, fields), values in zip(self.tracked, saved):
-            for field in fields:
-                if values.get(field) is not None:
-                    setattr(callback, field, values[field])
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        files.write_json(self.path, self._state(), indent=None)
-
-
-def _json_number(value):
-    """Python floats/ints for JSON (numpy scalars and infinities included)."""
-    if value is None:
-        return None
-    value = float(value)
-    return int(value) if value.is_integer() and abs(value) < 2**53 else value
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy for `--strategy`."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise InvalidArgumentError("--strategy multiworker needs the TF_CONFIG environment variable (cluster and task)")
-        try:
-            return tf.distribute.MultiWorkerMirroredStrategy()
-        except RuntimeError as error:
-            if "program startup" not in str(error):
-                raise
-            raise InvalidArgumentError("--strategy multiworker must be set up before TensorFlow runs anything in the process: "
-                             "call train() from a fresh process (e.g. python train.py)") from error
-    raise InvalidArgumentError(f"unknown strategy {name!r}; choose default, mirrored or multiworker")
-
-
-def worker_output_dir(output_dir: Path, strategy: tf.distribute.Strategy) -> Path:
-    """The folder this process writes: the run folder, except on MultiWorkerMirroredStrategy
-    workers other than the chief, which write their copy to `workers/<type>-<index>/` inside it.
-
-    Keras callbacks know nothing of workers, so without this every worker would write the same
-    files. Each worker still saves its own copy, and so can resume from its own backup, with or
-    without a shared file system; only the chief's files are the run's.
-    """
-    if strategy.extended.should_checkpoint:
-        return output_dir
-    resolver = strategy.cluster_resolver
-    return output_dir / "workers" / f"{resolver.task_type}-{resolver.task_id}"
-
-
-def shard_across_workers(dataset: tf.data.Dataset, num_files: int, strategy: tf.distribute.Strategy) -> tf.data.Dataset:
-    """Tells MultiWorkerMirroredStrategy how to split a dataset read from `num_files` shards.
-
-    By file when every worker gets at least one (each reads only its own); else by data: every
-    worker reads every shard and keeps its part of each batch, an exact split only for a
-    deterministic (validation) order. tf.data's default (AUTO) fails at run time with fewer
-    shard files than workers.
-    """
-    workers = num_workers(strategy)
-    if workers == 1:
-        return dataset
-    policy = tf.data.experimental.AutoShardPolicy.FILE
-    if num_files < workers:
-        logger.warning("%d shard file(s) for %d workers: every worker reads all of them; write at least %d "
-                       "shards (a smaller --images-per-shard) so that each reads its own", num_files, workers, workers)
-        policy = tf.data.experimental.AutoShardPolicy.DATA
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = policy
-    return dataset.with_options(options)
 
 
 def choose_sequence_length(preprocessor, captions: Sequence[str], percentile: int = SEQUENCE_PERCENTILE) -> tuple[int, dict]:
@@ -212,40 +100,6 @@ def build_model(config: RunConfig, image_tower, text_tower) -> DualEncoder:
     )
 
 
-def decays(variable) -> bool:
-    """Weight decay by role, as open_clip chooses it: kernels, embedding tables and other matrices
-    decay; everything with fewer than 2 dimensions never does (biases, norm gains and shifts, the
-    class-prior gate, the temperature and SigLIP's bias), whatever the layers are named."""
-    return len(variable.shape) >= 2
-
-
-def make_optimizer(config: RunConfig, model: keras.Model) -> keras.optimizers.Optimizer:
-    """AdamW for `model`'s trainable variables, decaying only those `decays` picks."""
-    optimizer = keras.optimizers.AdamW(learning_rate=config.train.learning_rate, weight_decay=config.train.weight_decay)
-    optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if not decays(v)])
-    return optimizer
-
-
-def make_callbacks(config: RunConfig, output_dir: Path, has_validation: bool):
-    monitor = "val_loss" if has_validation else "loss"
-    (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    guard = NonFiniteLossGuard()
-    callbacks = [
-        guard,
-        keras.callbacks.BackupAndRestore(str(output_dir / "backup"), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "best.weights.h5"), monitor=monitor,
-                                        save_best_only=True, save_weights_only=True),
-        keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "last.weights.h5"), save_weights_only=True),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.train.early_stopping_patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, patience=config.train.reduce_lr_patience,
-                                          factor=config.train.reduce_lr_factor),
-        keras.callbacks.CSVLogger(str(output_dir / "log.csv"), append=True),
-        keras.callbacks.TensorBoard(str(output_dir / "tensorboard")),
-    ]
-    callbacks.append(CallbackStateBackup(output_dir / "backup" / "callback_state.json", callbacks))
-    return callbacks, guard
-
-
 def embed_split(model: DualEncoder, files: Sequence[str], batch_size: int = 64):
     """Image and caption embeddings of every image in some shards, for retrieval metrics."""
     items = pipeline.image_caption_lists(files)
@@ -259,83 +113,6 @@ def embed_split(model: DualEncoder, files: Sequence[str], batch_size: int = 64):
         [model.encode_texts(tf.constant(captions[s : s + batch_size])).numpy() for s in range(0, len(captions), batch_size)]
     )
     return image_embeddings, text_embeddings, owner
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
-def read_log(path: Path) -> dict[str, list[float]]:
-    """The whole run's history from log.csv (resumed runs append; a repeated epoch keeps its last row)."""
-    import csv
-
-    if not path.exists():
-        return {}
-    rows = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rows[int(row["epoch"])] = row
-    history: dict[str, list[float]] = {}
-    for epoch in sorted(rows):
-        for key, value in rows[epoch].items():
-            if key != "epoch" and value not in ("", None):
-                history.setdefault(key, []).append(float(value))
-    return history
-
-
-def read_manifests(shard_dirs: Sequence[str]) -> dict[str, Optional[dict]]:
-    """Each shard folder's manifest (None for a folder without one), read once per run."""
-    from dual_encoder.data.tfrecords import read_manifest
-
-    manifests = {}
-    for directory in shard_dirs:
-        try:
-            manifests[directory] = read_manifest(directory)
-        except (FileNotFoundError, ValueError):
-            manifests[directory] = None
-    return manifests
-
-
-def data_identity(manifests: dict[str, Optional[dict]]) -> list[str]:
-    """What a run trains on, however the folders are spelled: a digest of each folder's manifest
-    (rewritten shards get a new one), or the folder's absolute path where there is none."""
-    identity = []
-    for directory, manifest in manifests.items():
-        if manifest is None:
-            identity.append(os.path.abspath(directory))
-        else:
-            identity.append(files.json_digest(manifest, length=16))
-    return sorted(identity)
-
-
-def _check_same_config(output_dir: Path, config_dict: dict, shards: list[str]) -> None:
-    """Resuming into a folder trained with other settings, or on other data, would mix two runs
-    (weights, log.csv, and a best checkpoint chosen across two validation sets)."""
-    path = output_dir / "config.json"
-    if path.exists() and (output_dir / "backup").exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(
-            f"{section}.{key}" for section in ("model", "data", "train") for key in config_dict[section]
-            if previous.get(section, {}).get(key) != config_dict[section][key] and key not in RESUMABLE_CHANGES
-        )
-        if previous.get("preset") != config_dict["preset"]:
-            changed.append("preset")
-        if previous.get("shards", shards) != shards:
-            changed.append("the training data (other shard folders, or shards written again)")
-        if changed:
-            raise InvalidArgumentError(
-                f"{output_dir} holds a run with other settings ({', '.join(changed)}); "
-                "use a new --output-dir, or the same flags and data to resume it"
-            )
-    path.write_text(json.dumps({**config_dict, "shards": shards}, indent=2))
 
 
 def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="auto", export: bool = True) -> dict:
@@ -359,8 +136,8 @@ def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="aut
 
 
 def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export: bool) -> dict:
-    from dual_encoder import plots, retrieval
     from dual_encoder.data.tfrecords import list_shards
+    from dual_encoder.evaluation import plots, retrieval
 
     started = time.perf_counter()
     strategy = make_strategy(config.train.strategy)  # first: MultiWorkerMirroredStrategy must precede any TF op

@@ -1,4 +1,4 @@
-"""What the command-line tools share; the library itself never parses argv or exits.
+"""The command-line layer: the only argparse, over the library API (which never parses argv or exits).
 
 Importing this module gives the process the tools' TensorFlow defaults, so the tools import it
 before anything that loads TensorFlow. A notebook that wants the same speed sets them itself
@@ -7,7 +7,6 @@ before importing TensorFlow: `os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1"
 
 from __future__ import annotations
 
-import argparse
 import os
 
 # Quiet C++ logs, and oneDNN kernels, measured +24-72 % faster for CNN and BERT towers on our AVX2
@@ -21,12 +20,3 @@ def use_tensorflow_defaults() -> None:
 
 
 use_tensorflow_defaults()
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where it says something and the help text does not already."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)

@@ -12,10 +12,10 @@ import math
 
 import tensorflow as tf
 
+from dual_encoder.config import LOGIT_SCALE_INIT  # noqa: F401  (CLIP's init, part of this module's API)
 from dual_encoder.errors import InvalidArgumentError
 
 MASKED_LOGIT = -1e9
-LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP: temperature 0.07
 LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps the scale at 100
 
 

@@ -35,7 +35,7 @@ from dual_encoder import files
 from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
-from dual_encoder.retrieval import l2_normalize
+from dual_encoder.evaluation.retrieval import l2_normalize
 
 SAVED_MODEL_FILE = "saved_model.pb"
 TRAINING_OUTPUT_SUBDIR = "saved_model"

@@ -13,87 +13,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from dual_encoder import _compat, losses
-from dual_encoder import class_prior as _class_prior  # noqa: F401  (registers ClassPrior for loading)
-from dual_encoder.errors import InvalidArgumentError
+from dual_encoder import _compat
+from dual_encoder.model import class_prior as _class_prior  # noqa: F401  (registers ClassPrior for loading)
+from dual_encoder.model import losses
+from dual_encoder.model.heads import ProjectionHead
+from dual_encoder.model.replicas import _gather_replicas, _replica_context, _sum_replicas, num_workers
 
 _SERIALIZABLE = "dual_encoder"
-
-
-@keras.saving.register_keras_serializable(package=_SERIALIZABLE)
-class ProjectionHead(keras.layers.Layer):
-    """Projects tower features into the shared space, L2-normalised.
-
-    `mlp` is the reference head of the Keras recipe (Dense → GELU → Dense → Dropout →
-    residual → LayerNorm); `linear` is a single Dense, often better on little data.
-    """
-
-    KINDS = ("mlp", "linear")
-
-    def __init__(self, projection_dim=256, kind="mlp", dropout=0.1, **kwargs):
-        super().__init__(**kwargs)
-        if kind not in self.KINDS:
-            raise InvalidArgumentError(f"unknown head {kind!r}; choose one of {self.KINDS}")
-        self.projection_dim, self.kind, self.dropout_rate = projection_dim, kind, dropout
-        self.project = keras.layers.Dense(projection_dim, name="project")
-        if kind == "mlp":
-            self.hidden = keras.layers.Dense(projection_dim, name="hidden")
-            self.dropout = keras.layers.Dropout(dropout)
-            self.norm = keras.layers.LayerNormalization(name="norm")
-
-    def build(self, input_shape):
-        self.project.build(input_shape)
-        if self.kind == "mlp":
-            self.hidden.build((None, self.projection_dim))
-            self.norm.build((None, self.projection_dim))
-
-    def project_features(self, features, training=False):
-        """The projection before L2 normalisation, in float32."""
-        projected = self.project(features)
-        if self.kind == "mlp":
-            x = self.hidden(keras.activations.gelu(projected, approximate=False))
-            projected = self.norm(projected + self.dropout(x, training=training))
-        return tf.cast(projected, tf.float32)
-
-    def call(self, features, training=False):
-        return tf.math.l2_normalize(self.project_features(features, training), axis=-1)
-
-    def get_config(self):
-        return {**super().get_config(), "projection_dim": self.projection_dim, "kind": self.kind, "dropout": self.dropout_rate}
-
-
-def num_workers(strategy: tf.distribute.Strategy) -> int:
-    """How many processes (machines) a strategy spans: more than one only under a multi-worker
-    MultiWorkerMirroredStrategy."""
-    if strategy.cluster_resolver is None:
-        return 1
-    return strategy.num_replicas_in_sync // len(strategy.extended.worker_devices)
-
-
-def _replica_context():
-    """The replica context when there are several replicas, else None (one device, or cross-replica code)."""
-    ctx = tf.distribute.get_replica_context()
-    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
-
-
-def _gather_replicas(embeddings, ids):
-    """All replicas' rows in replica order (`embeddings`: a list of one dtype; `ids`), this
-    replica's row offset in them, and the global batch size. The gather carries gradients back to
-    the replica that made each row."""
-    local_size = tf.shape(ids)[0]
-    ctx = _replica_context()
-    if ctx is None:
-        return embeddings, ids, 0, local_size
-    sizes = ctx.all_gather(local_size[None], axis=0)  # rows differ per replica in a partial last batch
-    offset = tf.reduce_sum(sizes[: ctx.replica_id_in_sync_group])
-    ids = tf.identity(ids)  # an input tensor has no device under MultiWorkerMirroredStrategy; collectives need one
-    return ctx.all_gather(embeddings, axis=0), ctx.all_gather(ids, axis=0), offset, tf.reduce_sum(sizes)
-
-
-def _sum_replicas(values):
-    """Sums (no gradient) over replicas, so that every replica holds the global value."""
-    ctx = _replica_context()
-    return values if ctx is None else ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(values))
 
 
 @keras.saving.register_keras_serializable(package=_SERIALIZABLE)

@@ -1,0 +1,279 @@
+#!/usr/bin/env python
+"""Evaluate a dual encoder: zero-shot classification, image<->text retrieval, text-to-image search.
+
+  python evaluate.py --model runs/sample --dataset animals10 --data-dir DIR
+  python evaluate.py --model runs/sample --dataset coco --coco-dir DIR --split val2017
+  python evaluate.py --model runs/sample --dataset csv --csv styles.csv --image-column id \
+      --image-template 'images/{}.jpg' --label-column articleType --shards tfrecords/fashion --split val
+  python evaluate.py search "cars on the street at night" --model runs/sample --images DIR --top-k 9
+
+--model takes a training output folder (with saved_model/ inside), an exported SavedModel, or a
+keras-hub CLIP/SigLIP preset name or local preset directory (the pretrained reference).
+report.json and the figures go to --output-dir. All logic lives in dual_encoder.evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+import dual_encoder
+from dual_encoder.cli.help import HelpFormatter  # first: the tools' TensorFlow defaults, before TensorFlow loads
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError
+
+CLASSIFICATION = ("animals10", "folder", "tfds:NAME", "csv (with --label-column)")
+# --dataset value for retrieval -> the caption-source flag (attribute) that provides the data
+RETRIEVAL = {"coco": "coco_dir", "csv": "csv", "jsonl": "jsonl", "tfds-captions": "tfds", "sample": "sample",
+             "tfrecords": "shards"}  # fmt: skip
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dual_encoder" / "embeddings"
+DEFAULT_SHOTS = ["1", "4", "16", "all"]  # linear-probe training images per class
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by evaluation and search: which model, how to feed it, where results go."""
+    group = parser.add_argument_group("model and output")
+    group.add_argument("--model", required=True, metavar="PATH_OR_PRESET",
+                       help="training output folder (with saved_model/), exported SavedModel, or keras-hub "
+                       "CLIP/SigLIP preset name (e.g. clip_vit_base_patch16; downloads only when online) or "
+                       "local preset directory")  # fmt: skip
+    group.add_argument("--output-dir", metavar="DIR", help="where report.json and PNGs go (default: outputs/zeroshot-<dataset>, "
+                       "outputs/retrieval-<source> or outputs/search)")
+    group.add_argument("--batch-size", type=int, default=32, help="images or captions per forward pass")
+    group.add_argument("--image-size", type=int, metavar="N",
+                       help="side images are brought to before batching (default: the model's own, else 224)")
+    group.add_argument("--resize", choices=("squash", "crop", "pad"),
+                       help="how images become square before batching (default: the model's training mode; "
+                       "crop for CLIP/SigLIP)")  # fmt: skip
+    group.add_argument("--cache-dir", metavar="DIR", default=str(DEFAULT_CACHE),
+                       help="embedding cache, keyed by model + file path + size + mtime")
+    group.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dual_encoder.cli.sources import add_source_arguments
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Text-to-image search over a folder: python evaluate.py search --help",
+        formatter_class=HelpFormatter,
+    )
+    add_model_arguments(parser)
+    task = parser.add_argument_group("what to evaluate")
+    task.add_argument("--dataset", metavar="NAME",
+                      help=f"zero-shot classification: {', '.join(CLASSIFICATION)}; retrieval: "
+                      f"{', '.join(RETRIEVAL)} (default: retrieval on the caption source flag given)")  # fmt: skip
+    task.add_argument("--data-dir", metavar="DIR",
+                      help="animals10: the Kaggle download (DIR/raw-img/<Italian class>/); folder: DIR/<class>/<image>; "
+                      "tfds:NAME: the TFDS data_dir where NAME is prepared; coco: same as --coco-dir")  # fmt: skip
+    task.add_argument("--shards", nargs="+", metavar="DIR",
+                      help="retrieval on TFRecord shards written by python -m dual_encoder.data (use --split, default val); "
+                      "with --label-column: classify only the images in that split of these shards (e.g. held-out val)")
+    zs = parser.add_argument_group("zero-shot classification")
+    zs.add_argument("--templates", metavar="SET_OR_FILE", default="default",
+                    help="prompt templates: a set (default = 'a photo of a {}.', imagenet = CLIP's 80, imagenet-7, "
+                    "animals, objects, food, pets, flowers, satellite), 'auto' (the dataset's own set), a file with "
+                    "one template per line, or one template containing {}")  # fmt: skip
+    zs.add_argument("--label-column", metavar="C",
+                    help="with --csv: zero-shot classification by this column (e.g. articleType of Fashion's styles.csv) "
+                    "instead of caption retrieval; also needs --image-column (and --image-template)")
+    zs.add_argument("--top-classes", type=int, metavar="N",
+                    help="keep only the N classes with the most images (and their images); the report counts the rest")
+    zs.add_argument("--baseline", choices=("linear-probe",),
+                    help="also train a linear probe on the same frozen image features")
+    zs.add_argument("--shots", nargs="+", metavar="K",
+                    help="linear probe: training images per class (integers and/or 'all'; default: 1 4 16 all); "
+                    "needs --baseline linear-probe")
+    zs.add_argument("--probe-steps", type=int, default=300, help="linear probe: full-batch Adam steps")
+    rt = parser.add_argument_group("retrieval")
+    rt.add_argument("--similarity-n", type=int, default=8, metavar="N",
+                    help="images (and their first captions) in similarity_matrix.png")
+    add_source_arguments(parser, required=False)
+    return parser
+
+
+def build_search_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py search",
+        description="Text-to-image search over a folder. The folder's embeddings are cached and only new or "
+        "changed files are embedded again; prints paths and scores, writes search_results.png/.json.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("query", help="the text to search for, e.g. 'cars on the street at night'")
+    parser.add_argument("--images", required=True, metavar="DIR", help="folder of images (sub-folders included)")
+    parser.add_argument("--top-k", type=int, default=9, help="how many matches to show")
+    add_model_arguments(parser)
+    return parser
+
+
+def _embedder_and_cache(args):
+    from dual_encoder.evaluation.embedders import load_embedder
+    from dual_encoder.evaluation.retrieval import EmbeddingCache
+
+    embedder = load_embedder(args.model, batch_size=args.batch_size, progress=not args.quiet)
+    if args.image_size or args.resize:
+        embedder.prep = embedder.prep.replace(side=args.image_size, mode=args.resize)
+    cache = None if args.no_cache else EmbeddingCache(args.cache_dir, embedder.fingerprint())
+    return embedder, cache
+
+
+def _write_report(report: dict, output_dir: Path, argv) -> Path:
+    report = {**report, "command": ["evaluate.py", *argv],
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "version": dual_encoder.__version__}  # fmt: skip
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "report.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    return path
+
+
+def _retrieval_records(args):
+    """Records and source description for the retrieval source the flags name."""
+    from dual_encoder.cli.sources import SourceArgumentError, records_from_args
+    from dual_encoder.evaluation.runs import shard_records
+
+    if args.dataset == "coco" and not args.coco_dir:
+        args.coco_dir = args.data_dir
+    if args.dataset and not getattr(args, RETRIEVAL[args.dataset], None):
+        flag = "--" + RETRIEVAL[args.dataset].replace("_", "-")
+        raise SourceArgumentError(f"--dataset {args.dataset} needs {flag}")
+    if args.shards:
+        return shard_records(args.shards, args.split or "val")
+    records, info, skipped = records_from_args(args)
+    return records, {**info, "skipped_by_source": skipped.as_dict()}
+
+
+def _classification_data(args):
+    """The labelled images the flags name: a dataset by name, or a CSV label column."""
+    from dual_encoder import evaluation
+    from dual_encoder.evaluation import datasets as folders
+
+    if args.label_column:
+        if not args.csv:
+            raise InvalidArgumentError("--label-column needs --csv FILE (and --image-column)")
+        only_ids = evaluation.shard_image_ids(args.shards, args.split or "val") if args.shards else None
+        data = folders.load_csv_classification(args.csv, args.image_column, args.label_column, args.image_template, only_ids)
+        if args.shards:
+            data.info["restricted_to"] = {"shards": [str(d) for d in args.shards], "split": args.split or "val"}
+    else:
+        data = folders.load_classification_dataset(args.dataset, args.data_dir, args.split)
+    if args.top_classes is not None and args.top_classes < 2:
+        raise InvalidArgumentError(f"--top-classes {args.top_classes}: keep at least 2 classes")
+    return folders.keep_top_classes(data, args.top_classes) if args.top_classes else data
+
+
+def _print_unreadable(report: dict, shown: int = 5) -> None:
+    names = report.get("unreadable_images", [])
+    if names:
+        total = report["num_skipped_images"]
+        more = f" ... ({total} in all, listed in report.json)" if total > shown else ""
+        print("  unreadable: " + ", ".join(names[:shown]) + more)
+
+
+def run_zero_shot(args, argv) -> Path:
+    from dual_encoder import evaluation
+    from dual_encoder.evaluation import plots, probe
+
+    data = _classification_data(args)  # layout errors before loading a model
+    if args.shots and not args.baseline:
+        raise InvalidArgumentError("--shots sets the linear probe's training images: add --baseline linear-probe")
+    shots = probe.parse_shots(args.shots or DEFAULT_SHOTS) if args.baseline else None
+    embedder, cache = _embedder_and_cache(args)
+    config = probe.ProbeConfig(steps=args.probe_steps)
+    report = evaluation.zero_shot(embedder, data, args.templates, args.dataset, cache, shots, config)
+    output_dir = Path(args.output_dir or f"outputs/zeroshot-{args.dataset.replace(':', '-')}")
+    plots.save_confusion_matrix(report["confusion_matrix"], report["class_names"], output_dir / "confusion_matrix.png",
+                                title=f"Zero-shot on {args.dataset} (accuracy {report['accuracy']:.1%})")  # fmt: skip
+    print(f"zero-shot {args.dataset}: {report['num_examples']} images, {len(report['class_names'])} classes, "
+          f"{report['prompts']['num_templates']} template(s), {report['num_skipped_images']} unreadable skipped")
+    _print_unreadable(report)
+    top5 = f"  top-5 {report['top5_accuracy']:.4f}" if len(report["class_names"]) > 5 else ""  # 1.0 by definition otherwise
+    print(f"  accuracy {report['accuracy']:.4f}{top5}  macro-F1 {report['macro_f1']:.4f}"
+          f"  mean per-class recall {report['mean_per_class_recall']:.4f}")  # fmt: skip
+    for k, result in report.get("linear_probe", {}).get("results", {}).items():
+        what = "zero-shot, same test images" if k == "zero-shot" else f"linear probe, {k}-shot"
+        print(f"  {what:<28} accuracy {result.get('accuracy', float('nan')):.4f}")
+    return _write_report(report, output_dir, argv)
+
+
+def run_retrieval(args, argv) -> Path:
+    from dual_encoder import evaluation
+    from dual_encoder.evaluation import plots
+
+    records, info = _retrieval_records(args)
+    embedder, cache = _embedder_and_cache(args)
+    report, arrays = evaluation.retrieval_run(embedder, records, info, cache)
+    output_dir = Path(args.output_dir or f"outputs/retrieval-{info['type']}")
+    similarity, images, captions = evaluation.similarity_preview(arrays, embedder.prep, args.similarity_n)
+    plots.save_similarity_matrix(similarity, images, captions, output_dir / "similarity_matrix.png")
+    by_source = ", ".join(f"{reason} {count}" for reason, count in info.get("skipped_by_source", {}).items())
+    print(f"retrieval ({info['type']}): {report['num_images']} images, {report['num_captions']} captions, "
+          f"{report['num_skipped_images']} unreadable skipped" + (f"; skipped by the source: {by_source}" if by_source else ""))
+    _print_unreadable(report)
+    for direction in ("text_to_image", "image_to_text"):
+        r = report[direction]
+        print(f"  {direction:<13} R@1 {r['R@1']:.4f}  R@5 {r['R@5']:.4f}  R@10 {r['R@10']:.4f}"
+              f"  mean rank {r['mean_rank']:.1f}  median rank {r['median_rank']:.1f}")  # fmt: skip
+    print(f"  pair accuracy top-1 {report['top1_pair_accuracy']:.4f}  top-100 {report['top100_pair_accuracy']:.4f}")
+    return _write_report(report, output_dir, argv)
+
+
+def run_search(args) -> Path:
+    from dual_encoder import evaluation
+    from dual_encoder.evaluation import plots
+    from dual_encoder.evaluation.embedders import load_rgb
+
+    evaluation.list_images(args.images)  # a bad folder fails before the model loads
+    embedder, cache = _embedder_and_cache(args)
+    index, skipped = evaluation.folder_index(embedder, args.images, cache)
+    matches = evaluation.search(embedder, index, args.query, args.top_k)
+    output_dir = Path(args.output_dir or "outputs/search")
+    images = [embedder.prep(load_rgb(path)) for path, _ in matches]
+    labels = [os.path.relpath(path, args.images) for path, _ in matches]
+    grid = plots.save_search_grid(images, [s for _, s in matches], labels, output_dir / "search_results.png", args.query)
+    (output_dir / "search_results.json").write_text(json.dumps(
+        {"query": args.query, "images": str(Path(args.images).resolve()), "indexed": len(index),
+         "skipped": skipped.as_dict(), "model": embedder.describe(),
+         "matches": [{"path": p, "score": s} for p, s in matches]}, indent=2, default=str))  # fmt: skip
+    for path, score in matches:
+        print(f"{score:.4f}  {path}")
+    print(f"({len(index)} images indexed, {sum(skipped.values())} unreadable skipped; grid: {grid})")
+    return grid
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["search"]:
+            run_search(build_search_parser().parse_args(argv[1:]))
+            return 0
+        args = build_parser().parse_args(argv)
+        source_given = any(getattr(args, flag, None) for flag in RETRIEVAL.values())
+        labelled_csv = args.label_column and args.dataset in (None, "csv")
+        if args.dataset in ("animals10", "folder") or (args.dataset or "").startswith("tfds:") or labelled_csv:
+            args.dataset = args.dataset or "csv"
+            path = run_zero_shot(args, argv)
+        elif args.dataset in RETRIEVAL or (args.dataset is None and source_given):
+            path = run_retrieval(args, argv)
+        else:
+            raise InvalidArgumentError(
+                f"--dataset {args.dataset!r} is not known; zero-shot: {', '.join(CLASSIFICATION)}; retrieval: "
+                f"{', '.join(RETRIEVAL)}" if args.dataset else "say what to evaluate: --dataset NAME or a caption "
+                "source flag (--coco-dir, --csv, --jsonl, --tfds, --sample, --shards); see --help"
+            )
+        print(f"report: {path}")
+        return 0
+    except (DualEncoderError, OSError) as error:  # bad input or an unusable file: one line; a bug keeps its traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

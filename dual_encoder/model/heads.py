@@ -1,0 +1,54 @@
+"""Projection heads: tower features into the shared, L2-normalised embedding space.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from dual_encoder.errors import InvalidArgumentError
+from dual_encoder.model import class_prior as _class_prior  # noqa: F401  (registers ClassPrior for loading)
+
+_SERIALIZABLE = "dual_encoder"
+
+
+@keras.saving.register_keras_serializable(package=_SERIALIZABLE)
+class ProjectionHead(keras.layers.Layer):
+    """Projects tower features into the shared space, L2-normalised.
+
+    `mlp` is the reference head of the Keras recipe (Dense → GELU → Dense → Dropout →
+    residual → LayerNorm); `linear` is a single Dense, often better on little data.
+    """
+
+    KINDS = ("mlp", "linear")
+
+    def __init__(self, projection_dim=256, kind="mlp", dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in self.KINDS:
+            raise InvalidArgumentError(f"unknown head {kind!r}; choose one of {self.KINDS}")
+        self.projection_dim, self.kind, self.dropout_rate = projection_dim, kind, dropout
+        self.project = keras.layers.Dense(projection_dim, name="project")
+        if kind == "mlp":
+            self.hidden = keras.layers.Dense(projection_dim, name="hidden")
+            self.dropout = keras.layers.Dropout(dropout)
+            self.norm = keras.layers.LayerNormalization(name="norm")
+
+    def build(self, input_shape):
+        self.project.build(input_shape)
+        if self.kind == "mlp":
+            self.hidden.build((None, self.projection_dim))
+            self.norm.build((None, self.projection_dim))
+
+    def project_features(self, features, training=False):
+        """The projection before L2 normalisation, in float32."""
+        projected = self.project(features)
+        if self.kind == "mlp":
+            x = self.hidden(keras.activations.gelu(projected, approximate=False))
+            projected = self.norm(projected + self.dropout(x, training=training))
+        return tf.cast(projected, tf.float32)
+
+    def call(self, features, training=False):
+        return tf.math.l2_normalize(self.project_features(features, training), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "projection_dim": self.projection_dim, "kind": self.kind, "dropout": self.dropout_rate}

@@ -1,0 +1,38 @@
+"""Image and text towers by name or local preset folder, one module per job.
+
+`layers` (the Keras layers inside every tower), `loading` (local folders, offline downloads,
+identities), `image` and `text` (the towers by name), `features` (a frozen text tower's
+features by length bucket), `freezing` (what trains) and `registry` (a tower from its spec).
+The names below are the stage's public API.
+"""
+
+from dual_encoder.towers.features import TextFeatures, length_buckets
+from dual_encoder.towers.freezing import freeze
+from dual_encoder.towers.image import (
+    IMAGE_TOWERS,
+    KERAS_APPLICATIONS,
+    TINY_IMAGE,
+    ImageTower,
+    Normalization,
+    TinyImageConfig,
+    build_image_tower,
+)
+from dual_encoder.towers.layers import DEFAULT_SEQUENCE_LENGTH, PixelNormalization, TextPreprocessor, TokenPooling
+from dual_encoder.towers.loading import PretrainedWeightsUnavailable
+from dual_encoder.towers.registry import from_spec
+from dual_encoder.towers.text import (
+    SPECIAL_TOKENS,
+    TEXT_TOWERS,
+    TINY_TEXT,
+    TextTower,
+    TinyTextConfig,
+    build_text_tower,
+    build_vocabulary,
+)
+
+__all__ = [
+    "DEFAULT_SEQUENCE_LENGTH", "IMAGE_TOWERS", "KERAS_APPLICATIONS", "SPECIAL_TOKENS", "TEXT_TOWERS", "TINY_IMAGE",
+    "TINY_TEXT", "ImageTower", "Normalization", "PixelNormalization", "PretrainedWeightsUnavailable", "TextFeatures",
+    "TextPreprocessor", "TextTower", "TinyImageConfig", "TinyTextConfig", "TokenPooling", "build_image_tower",
+    "build_text_tower", "build_vocabulary", "freeze", "from_spec", "length_buckets",
+]

@@ -1,0 +1,114 @@
+"""A frozen text tower's features for many captions, each run at its token-length bucket.
+
+Used wherever a frozen text tower embeds many texts at once: the feature cache (captions) and
+the class prior (ImageNet class names).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dual_encoder.towers.layers import TokenPooling
+from dual_encoder.towers.text import TextTower
+
+logger = logging.getLogger(__name__)
+
+SMALLEST_BUCKET = 16  # caption length buckets: 16, 32, 64, ... up to the text tower's sequence length
+
+
+def length_buckets(sequence_length: int, smallest: int = SMALLEST_BUCKET) -> tuple:
+    """Token lengths captions are grouped into: 16, 32, 64, ... below `sequence_length`, then it."""
+    buckets, length = [], smallest
+    while length < sequence_length:
+        buckets.append(length)
+        length *= 2
+    return (*buckets, int(sequence_length))
+
+
+def pools_with_padding_mask(tower: TextTower) -> bool:
+    """Whether cutting trailing padding leaves the features unchanged, as far as the graph shows:
+    every input takes any length, the backbone gets the padding mask (keras-hub backbones mask
+    attention with it) and the pooling reads only real tokens (CLS, or masked mean/max/last;
+    the packer pads on the right). `TextFeatures` also checks the numbers once."""
+    inputs = tower.model.input if isinstance(tower.model.input, dict) else {}
+    pooling = [layer for layer in tower.model.layers if isinstance(layer, TokenPooling)]
+    return ("padding_mask" in inputs and all(len(x.shape) == 2 and x.shape[1] is None for x in inputs.values())
+            and len(pooling) == 1 and pooling[0].mode in ("cls", "mean", "max", "last"))
+
+
+class TextFeatures:
+    """A frozen text tower's features for many captions, each run at its length bucket.
+
+    Captions are tokenized once at the tower's sequence length, grouped by token count into
+    `length_buckets` (16/32/64/...), and each group runs with its tokens cut to the bucket's
+    length: the cut holds only padding, so the features are those of the full length (a short
+    caption costs a fraction of the full length's attention and FFN work). Features come back
+    in the captions' order. Bucketing is used only where it is exact: statically
+    (`pools_with_padding_mask`) and checked on the first bucketed batch against the full length;
+    otherwise (or with `buckets=False`) every caption runs at the full length.
+    """
+
+    def __init__(self, tower: TextTower, buckets: bool = True):
+        self.tower, self.sequence_length = tower, int(tower.sequence_length)
+        bucketed = buckets and pools_with_padding_mask(tower)
+        self.buckets = length_buckets(self.sequence_length) if bucketed else (self.sequence_length,)
+        self.verified = len(self.buckets) == 1  # nothing to check with one bucket
+        self.max_difference = None  # bucketed vs full length on the checked batch
+        self._tokenize = tf.function(tower.preprocessor, input_signature=[tf.TensorSpec([None], tf.string)])
+        self._functions: dict = {}  # length -> traced tower, built on first use
+
+    def _forward(self, length: int, tokens: dict) -> np.ndarray:
+        if length not in self._functions:
+            def features(inputs):
+                return tf.cast(self.tower.model(inputs, training=False), tf.float32)
+
+            signature = {name: tf.TensorSpec([None, length], tf.int32) for name in tokens}
+            self._functions[length] = tf.function(features, input_signature=[signature])
+        return self._functions[length]({name: tf.constant(value[:, :length]) for name, value in tokens.items()}).numpy()
+
+    def tokens(self, captions: Sequence[str], chunk: int = 4096) -> dict:
+        """The preprocessor's int32 arrays at the full sequence length."""
+        parts = [self._tokenize(tf.constant(list(captions[s : s + chunk]), tf.string)) for s in range(0, len(captions), chunk)]
+        return {name: np.concatenate([p[name].numpy() for p in parts]) for name in parts[0]} if parts else {}
+
+    def __call__(self, captions: Sequence[str], batch_size: int = 64, bar=None, counts: Optional[dict] = None) -> np.ndarray:
+        """float32 [len(captions), feature_dim]; `counts` (bucket length -> captions) is added to."""
+        out = np.zeros((len(captions), self.tower.feature_dim), np.float32)
+        if not len(captions):
+            return out
+        tokens = self.tokens(captions)
+        lengths = tokens["padding_mask"].sum(axis=1)
+        bucket = np.searchsorted(np.array(self.buckets), lengths)  # the smallest bucket that holds each caption
+        for b, length in enumerate(self.buckets):
+            rows = np.flatnonzero(bucket == b)
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                part = {name: value[batch] for name, value in tokens.items()}
+                out[batch] = self._forward(length, part)
+                if not self.verified and length < self.sequence_length:
+                    if not self._check(part, out[batch]):
+                        return self(captions, batch_size, bar, counts)  # now at full length only
+                if bar is not None:
+                    bar.update(len(batch))
+            if counts is not None and len(rows):
+                counts[length] = counts.get(length, 0) + len(rows)
+        return out
+
+    def _check(self, tokens: dict, bucketed: np.ndarray) -> bool:
+        """Bucketed features against the full length's, once per tower; a mismatch turns bucketing off."""
+        full = self._forward(self.sequence_length, tokens)
+        self.max_difference = float(np.max(np.abs(full - bucketed)))
+        scale = max(1.0, float(np.max(np.abs(full))))
+        tolerance = (1e-4 if keras.config.dtype_policy().compute_dtype == "float32" else 1e-2) * scale
+        self.verified = True
+        if self.max_difference <= tolerance:
+            return True
+        logger.warning("feature cache: %s gives other features on shorter padding (max difference %.2g); text features "
+                       "are computed at the full sequence length %d", self.tower.name, self.max_difference, self.sequence_length)
+        self.buckets = (self.sequence_length,)
+        return False

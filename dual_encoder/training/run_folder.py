@@ -1,0 +1,81 @@
+"""The run folder as a record: its log, the data it trained on, and the settings a resume must keep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+from dual_encoder import files
+from dual_encoder.errors import InvalidArgumentError
+
+# More (or fewer) epochs; cached or not, the same model; how shards are written (the shards
+# themselves are compared by data_identity, and these settings do nothing with --tfrecords).
+RESUMABLE_CHANGES = {"epochs", "feature_cache", "val_fraction", "split_seed", "images_per_shard", "max_side"}
+
+
+def read_log(path: Path) -> dict[str, list[float]]:
+    """The whole run's history from log.csv (resumed runs append; a repeated epoch keeps its last row)."""
+    import csv
+
+    if not path.exists():
+        return {}
+    rows = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows[int(row["epoch"])] = row
+    history: dict[str, list[float]] = {}
+    for epoch in sorted(rows):
+        for key, value in rows[epoch].items():
+            if key != "epoch" and value not in ("", None):
+                history.setdefault(key, []).append(float(value))
+    return history
+
+
+def read_manifests(shard_dirs: Sequence[str]) -> dict[str, Optional[dict]]:
+    """Each shard folder's manifest (None for a folder without one), read once per run."""
+    from dual_encoder.data.tfrecords import read_manifest
+
+    manifests = {}
+    for directory in shard_dirs:
+        try:
+            manifests[directory] = read_manifest(directory)
+        except (FileNotFoundError, ValueError):
+            manifests[directory] = None
+    return manifests
+
+
+def data_identity(manifests: dict[str, Optional[dict]]) -> list[str]:
+    """What a run trains on, however the folders are spelled: a digest of each folder's manifest
+    (rewritten shards get a new one), or the folder's absolute path where there is none."""
+    identity = []
+    for directory, manifest in manifests.items():
+        if manifest is None:
+            identity.append(os.path.abspath(directory))
+        else:
+            identity.append(files.json_digest(manifest, length=16))
+    return sorted(identity)
+
+
+def _check_same_config(output_dir: Path, config_dict: dict, shards: list[str]) -> None:
+    """Resuming into a folder trained with other settings, or on other data, would mix two runs
+    (weights, log.csv, and a best checkpoint chosen across two validation sets)."""
+    path = output_dir / "config.json"
+    if path.exists() and (output_dir / "backup").exists():
+        previous = json.loads(path.read_text())
+        changed = sorted(
+            f"{section}.{key}" for section in ("model", "data", "train") for key in config_dict[section]
+            if previous.get(section, {}).get(key) != config_dict[section][key] and key not in RESUMABLE_CHANGES
+        )
+        if previous.get("preset") != config_dict["preset"]:
+            changed.append("preset")
+        if previous.get("shards", shards) != shards:
+            changed.append("the training data (other shard folders, or shards written again)")
+        if changed:
+            raise InvalidArgumentError(
+                f"{output_dir} holds a run with other settings ({', '.join(changed)}); "
+                "use a new --output-dir, or the same flags and data to resume it"
+            )
+    path.write_text(json.dumps({**config_dict, "shards": shards}, indent=2))
