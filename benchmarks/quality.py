@@ -123,22 +123,22 @@ def load_tasks(paths: dict, fashion_shards) -> dict:
     from dual_encoder import evaluation
     from dual_encoder.data.coco import coco_records
     from dual_encoder.data.records import SkipCounter
-    from dual_encoder.evaluation import datasets as folders
+    from dual_encoder.evaluation import datasets
 
     skipped = SkipCounter()
     coco = coco_records(str(paths["coco"]), "val2017", str(paths["coco_val_captions"]), skipped=skipped)
     coco_info = {"type": "coco", "coco_dir": str(paths["coco"]), "split": "val2017",
                  "captions_json": str(paths["coco_val_captions"]), "skipped_by_source": skipped.as_dict()}  # fmt: skip
-    tasks = {"coco": (coco, coco_info), "animals": folders.load_animals10(paths["animals"])}
+    tasks = {"coco": (coco, coco_info), "animals": datasets.load_animals10(paths["animals"])}
     if fashion_shards is None:
         return tasks
     held_out = evaluation.shard_image_ids([str(fashion_shards)], "val")
-    fashion = folders.load_csv_classification(paths["fashion_csv"], "id", "articleType", "images/{}.jpg", held_out)
+    fashion = datasets.load_csv_classification(paths["fashion_csv"], "id", "articleType", "images/{}.jpg", held_out)
     fashion.info["restricted_to"] = {"shards": [str(fashion_shards)], "split": "val"}
     sizes = fashion.info["images_per_class"]
     big = sum(1 for n in sizes.values() if n >= FASHION_MIN_IMAGES)
     tasks["fashion_all"] = fashion
-    tasks["fashion_top"] = folders.keep_top_classes(fashion, big)  # exactly the classes with >= FASHION_MIN_IMAGES
+    tasks["fashion_top"] = datasets.keep_top_classes(fashion, big)  # exactly the classes with >= FASHION_MIN_IMAGES
     return tasks
 
 

@@ -129,13 +129,13 @@ needs_shared = pytest.mark.skipif(not (SHARED_IMAGE.is_dir() and SHARED_TEXT.is_
 @needs_shared
 def test_real_prior_matches_the_checkpoint_classifier_and_classifies_animals_zero_shot():
     from dual_encoder.data.pipeline import resize_image
-    from dual_encoder.evaluation import datasets as folders
+    from dual_encoder.evaluation import datasets
     from dual_encoder.evaluation.embedders import load_rgb
 
     image = towers.build_image_tower(str(SHARED_IMAGE))
     text = towers.build_text_tower(str(SHARED_TEXT), sequence_length=32)
     prior = class_prior.build_class_prior(str(SHARED_IMAGE), image.feature_dim, text)
-    data = folders.load_animals10(ANIMALS)
+    data = datasets.load_animals10(ANIMALS)
     pixels = tf.concat([resize_image(tf.constant(load_rgb(s)[None]), image.image_size, image.resize) for s in data.sources], 0)
     features = image.model.predict(pixels, batch_size=16, verbose=0)
 

@@ -262,11 +262,11 @@ def test_a_real_process_shows_the_layout_and_no_traceback(tmp_path):
 def test_the_library_api_takes_notebook_arguments_and_refuses_wrong_ones(model, colour_folders):
     """What a notebook passes: one string, a template list, a PIL image, floats in [0, 1]."""
     from dual_encoder import evaluation
-    from dual_encoder.evaluation import datasets as folders
+    from dual_encoder.evaluation import datasets
 
     embedder = embedders.load_embedder(model, progress=False)
     assert embedder.encode_texts("a red picture").shape[0] == 1  # one text, not one per character
-    data = folders.load_classification_dataset("folder", str(colour_folders))
+    data = datasets.load_classification_dataset("folder", str(colour_folders))
     report = evaluation.zero_shot(embedder, data, ["a {} picture.", "something {}"], shots=["1", "all"])
     assert report["prompts"]["num_templates"] == 2 and report["accuracy"] >= 0.9
     with pytest.raises(TypeError, match="load_classification_dataset"):

@@ -2,10 +2,13 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from dual_encoder import towers
@@ -27,6 +30,15 @@ def test_a_model_keras_written_before_the_move_loads_and_embeds_as_it_did():
     np.testing.assert_allclose(model.embed_images({"images": images}).numpy(), recorded["image_embeddings"], atol=1e-5)
     texts = tf.constant(recorded["texts"])
     np.testing.assert_allclose(model.encode_texts(texts).numpy(), recorded["text_embeddings"], atol=1e-5)
+
+
+def test_importing_the_model_module_is_all_load_model_needs_in_a_fresh_process():
+    script = ("import sys, keras, numpy as np, dual_encoder.model\n"
+              "model = keras.models.load_model(sys.argv[1])\n"
+              "print(model.embed_images({'images': np.load(sys.argv[2]).astype('float32')}).numpy()[0, 0])")
+    out = subprocess.run([sys.executable, "-c", script, str(FIXTURE / "model.keras"), str(FIXTURE / "images.npy")],
+                         capture_output=True, text=True, check=True)
+    assert float(out.stdout.split()[-1]) == pytest.approx(expected()["image_embeddings"][0][0], abs=1e-5)
 
 
 def test_a_feature_cache_written_before_the_move_is_reused_not_recomputed(tmp_path):

@@ -1,11 +1,14 @@
 """The package as a whole: importing it (every library module) leaves the process as it was."""
 
+import ast
 import json
 import os
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import dual_encoder
 
@@ -42,3 +45,29 @@ def test_the_command_line_layer_sets_the_tools_tensorflow_defaults_unless_the_us
     chosen = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"},
                             capture_output=True, text=True, check=True)
     assert chosen.stdout.split() == ["0", "2"]
+
+
+def readme_python_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("## Use it from Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_every_public_name_resolves_to_what_its_module_defines():
+    for name in dual_encoder.__all__:
+        assert getattr(dual_encoder, name) is not None, name
+    assert dual_encoder.train.__module__ == "dual_encoder.training.trainer"
+    assert dual_encoder.load_classification_dataset.__module__ == "dual_encoder.evaluation.datasets"
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        dual_encoder.trian  # noqa: B018
+
+
+def test_the_readme_python_example_uses_only_public_names():
+    tree = ast.parse(readme_python_example())
+    aliases = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+               if a.name == "dual_encoder"}
+    used = {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases}
+    used |= {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "dual_encoder"
+             for a in node.names}
+    assert aliases and len(used) >= 8
+    assert used <= set(dual_encoder.__all__), used - set(dual_encoder.__all__)

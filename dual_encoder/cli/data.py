@@ -6,9 +6,8 @@ import argparse
 import logging
 import sys
 
-import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
+from dual_encoder import config as run_config
 from dual_encoder.cli.sources import add_source_arguments, records_from_args
-from dual_encoder.data import tfrecords
 from dual_encoder.data.tfrecords import write_shards
 from dual_encoder.errors import DualEncoderError
 
@@ -37,12 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", required=True, help="output folder (local, gs://, ...); created if needed.")
     out.add_argument(
-        "--val-fraction", metavar="F", type=float, default=tfrecords.VAL_FRACTION,
+        "--val-fraction", metavar="F", type=float, default=run_config.VAL_FRACTION,
         help="fraction of images (not captions) held out as 'val'; 0 writes only 'train' (default: %(default)s).",
     )
-    out.add_argument("--seed", metavar="S", type=int, default=tfrecords.SPLIT_SEED,
+    out.add_argument("--seed", metavar="S", type=int, default=run_config.SPLIT_SEED,
                      help="seed of the train/val split; train.py --split-seed has the same default (default: %(default)s).")
-    out.add_argument("--images-per-shard", metavar="N", type=int, default=tfrecords.IMAGES_PER_SHARD, help="default: "
+    out.add_argument("--images-per-shard", metavar="N", type=int, default=run_config.IMAGES_PER_SHARD, help="default: "
         "%(default)s.")
     out.add_argument(
         "--max-side", metavar="N", type=int, default=None,

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Evaluate a dual encoder: zero-shot classification, image<->text retrieval, text-to-image search.
 
   python evaluate.py --model runs/sample --dataset animals10 --data-dir DIR
@@ -22,7 +21,7 @@ import sys
 from pathlib import Path
 
 import dual_encoder
-from dual_encoder.cli.help import HelpFormatter  # first: the tools' TensorFlow defaults, before TensorFlow loads
+from dual_encoder.cli.help import HelpFormatter
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 
 CLASSIFICATION = ("animals10", "folder", "tfds:NAME", "csv (with --label-column)")
@@ -150,20 +149,20 @@ def _retrieval_records(args):
 def _classification_data(args):
     """The labelled images the flags name: a dataset by name, or a CSV label column."""
     from dual_encoder import evaluation
-    from dual_encoder.evaluation import datasets as folders
+    from dual_encoder.evaluation import datasets
 
     if args.label_column:
         if not args.csv:
             raise InvalidArgumentError("--label-column needs --csv FILE (and --image-column)")
         only_ids = evaluation.shard_image_ids(args.shards, args.split or "val") if args.shards else None
-        data = folders.load_csv_classification(args.csv, args.image_column, args.label_column, args.image_template, only_ids)
+        data = datasets.load_csv_classification(args.csv, args.image_column, args.label_column, args.image_template, only_ids)
         if args.shards:
             data.info["restricted_to"] = {"shards": [str(d) for d in args.shards], "split": args.split or "val"}
     else:
-        data = folders.load_classification_dataset(args.dataset, args.data_dir, args.split)
+        data = datasets.load_classification_dataset(args.dataset, args.data_dir, args.split)
     if args.top_classes is not None and args.top_classes < 2:
         raise InvalidArgumentError(f"--top-classes {args.top_classes}: keep at least 2 classes")
-    return folders.keep_top_classes(data, args.top_classes) if args.top_classes else data
+    return datasets.keep_top_classes(data, args.top_classes) if args.top_classes else data
 
 
 def _print_unreadable(report: dict, shown: int = 5) -> None:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Train a CLIP-style dual encoder: `python train.py --captions-per-image 3`.
 
 With no data flag it trains the `sample` preset (tiny towers) on the built-in generated
@@ -14,7 +13,6 @@ import os
 import re
 import sys
 
-import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
 from dual_encoder import config as run_config
 from dual_encoder.cli import flags
 from dual_encoder.cli.help import HelpFormatter

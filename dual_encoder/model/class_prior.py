@@ -88,9 +88,9 @@ def image_classifier_head(image_encoder: str) -> tuple[np.ndarray, np.ndarray]:
 
     instead = ("an image tower given as a keras-hub ImageClassifier preset with its ImageNet-1k head (e.g. "
                "../shared/weights/efficientnet_lite0_keras), or --no-class-prior")
-    if not loading._is_hub(image_encoder, keras_hub.models.ImageClassifier):
+    if not loading.is_hub(image_encoder, keras_hub.models.ImageClassifier):
         raise ClassPriorUnavailable(f"--class-prior needs {instead}; {image_encoder!r} is not a keras-hub preset")
-    with loading._downloading(image_encoder, f"the ImageNet classifier of {image_encoder!r}", instead):
+    with loading.downloading(image_encoder, f"the ImageNet classifier of {image_encoder!r}", instead):
         try:
             classifier = keras_hub.models.ImageClassifier.from_preset(image_encoder, preprocessor=None)
         except (FileNotFoundError, ValueError, TypeError) as exc:  # TypeError: a backbone-only preset

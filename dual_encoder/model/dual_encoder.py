@@ -17,7 +17,8 @@ from dual_encoder import _compat
 from dual_encoder.model import class_prior as _class_prior  # noqa: F401  (registers ClassPrior for loading)
 from dual_encoder.model import losses
 from dual_encoder.model.heads import ProjectionHead
-from dual_encoder.model.replicas import _gather_replicas, _replica_context, _sum_replicas, num_workers
+from dual_encoder.model.replicas import gather_replicas, num_workers, replica_context, sum_replicas
+from dual_encoder.towers import layers as _tower_layers  # noqa: F401  (registers the tower layers a model.keras holds)
 
 _SERIALIZABLE = "dual_encoder"
 
@@ -125,7 +126,7 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         `share` (its fraction of the global batch) weights it; summed over replicas, `share * loss`
         is the loss of the global batch on one device, however unevenly the batch was split.
         """
-        (image_all, text_all), ids_all, offset, global_size = _gather_replicas([image_embeddings, text_embeddings], image_ids)
+        (image_all, text_all), ids_all, offset, global_size = gather_replicas([image_embeddings, text_embeddings], image_ids)
         local_size = tf.shape(image_ids)[0]
         kwargs = {"bias": self.logit_bias} if self.logit_bias is not None else {}
         loss, logits_i2t, logits_t2i = self.loss_fn(
@@ -140,7 +141,7 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         def embed():
             return self.embed_images(batch, training), self.embed_texts(batch, training)
 
-        if _replica_context() is None:
+        if replica_context() is None:
             image_embeddings, text_embeddings = embed()
         else:  # a replica may get no rows at the end of the data, and oneDNN's CPU Conv2D fails on those
             nothing = tf.zeros([0, self.projection_dim])
@@ -156,7 +157,7 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         hits = [tf.reduce_sum(tf.cast(tf.equal(tf.argmax(d, axis=-1, output_type=labels.dtype), labels), tf.float32))
                 for d in logits]
         local_size = tf.cast(tf.shape(labels)[0], tf.float32)
-        global_loss, global_size, *global_hits = tf.unstack(_sum_replicas(tf.stack([share * loss, local_size, *hits])))
+        global_loss, global_size, *global_hits = tf.unstack(sum_replicas(tf.stack([share * loss, local_size, *hits])))
         self.loss_tracker.update_state(global_loss, sample_weight=global_size)
         for metric, hit_count in zip((self.i2t_accuracy, self.t2i_accuracy), global_hits):
             metric.update_state(hit_count / global_size, sample_weight=global_size)

@@ -16,7 +16,7 @@ import numpy as np
 
 from dual_encoder.errors import InvalidArgumentError
 from dual_encoder.towers.layers import PixelNormalization, TokenPooling
-from dual_encoder.towers.loading import _downloading, _is_hub, _local_id, _portable, _preset_id, _unknown, _weights_file
+from dual_encoder.towers.loading import downloading, is_hub, local_id, local_weights_file, portable, preset_id, unknown_tower
 
 # --- tables ------------------------------------------------------------------------------
 
@@ -121,14 +121,14 @@ def _tiny_image(image_size, weights_file) -> _ImageBackbone:
     backbone = keras.Model(inputs, x, name="tiny_convnet")
     if weights_file:
         backbone.load_weights(weights_file)
-    return _ImageBackbone(backbone, size, Normalization.of(1 / 255), weights_file and _local_id(weights_file), "avg")
+    return _ImageBackbone(backbone, size, Normalization.of(1 / 255), weights_file and local_id(weights_file), "avg")
 
 
 def _application(name: str, weights, weights_file, image_size) -> _ImageBackbone:
     """A keras.applications backbone (global-average pooled) and the normalisation before it."""
     app = KERAS_APPLICATIONS[name]
     size = (image_size or app.image_size,) * 2
-    with _downloading(name, f"ImageNet weights of image tower {name!r}",
+    with downloading(name, f"ImageNet weights of image tower {name!r}",
                       f"--image-weights /path/to/{name}_notop.h5 (a local copy of the keras.applications no-top "
                       "weights file, .h5 or .weights.h5; in Python weights='/path/...'), a local keras-hub preset "
                       "directory as --image-encoder (e.g. ../shared/weights/efficientnet_lite0_keras), or "
@@ -142,13 +142,13 @@ def _application(name: str, weights, weights_file, image_size) -> _ImageBackbone
         mean = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization)).mean
         s = 1 / np.sqrt(_IMAGENET_STD)
         normalization = Normalization.of(s, 255 * np.ravel(keras.ops.convert_to_numpy(mean)) * (1 - s))
-    weights_id = _local_id(weights_file) if weights_file else weights and {"download": weights}
+    weights_id = local_id(weights_file) if weights_file else weights and {"download": weights}
     return _ImageBackbone(backbone, size, normalization, weights_id)
 
 
 def _hub_image(name: str, weights, weights_file, image_size) -> _ImageBackbone:
     """A keras-hub image backbone; size, normalisation and resize mode from its image converter."""
-    with _downloading(name, f"keras-hub preset of image tower {name!r}",
+    with downloading(name, f"keras-hub preset of image tower {name!r}",
                       "a local keras-hub preset directory as --image-encoder (e.g. "
                       "../shared/weights/efficientnet_lite0_keras), or a keras.applications name with "
                       "--image-weights FILE or --no-pretrained (weights=None in Python); a preset name needs its "
@@ -172,7 +172,7 @@ def _hub_image(name: str, weights, weights_file, image_size) -> _ImageBackbone:
     return _ImageBackbone(
         backbone, tuple(size),
         Normalization.of(getattr(converter, "scale", None), getattr(converter, "offset", None)),
-        weights=_local_id(weights_file) if weights_file else weights and _preset_id(name),
+        weights=local_id(weights_file) if weights_file else weights and preset_id(name),
         pooling="avg" if len(backbone.output.shape) == 4 else token_pooling,
         resize="crop" if getattr(converter, "crop_to_aspect_ratio", True) else "squash",
         interpolation=getattr(converter, "interpolation", "bilinear"))
@@ -186,15 +186,15 @@ def build_image_tower(name: str = "xception", weights: Optional[str] = "imagenet
     weights file of the backbone (for keras.applications: the no-top file keras would download),
     or None for random initialisation. `image_size` overrides the tower's default size.
     """
-    key, weights_file = name.lower(), _weights_file(weights)
+    key, weights_file = name.lower(), local_weights_file(weights)
     if key == "tiny":
         built = _tiny_image(image_size, weights_file)
     elif key in KERAS_APPLICATIONS:
         built = _application(key, weights, weights_file, image_size)
-    elif _is_hub(name, keras_hub.models.ImageClassifier):
+    elif is_hub(name, keras_hub.models.ImageClassifier):
         built = _hub_image(name, weights, weights_file, image_size)
     else:
-        raise _unknown("image", name, IMAGE_TOWERS)
+        raise unknown_tower("image", name, IMAGE_TOWERS)
     inputs = keras.Input((*built.image_size, 3), name="images")
     x = built.model(PixelNormalization(**built.normalization.as_dict(), name="pixel_normalization")(inputs))
     if built.pooling == "avg":
@@ -207,5 +207,5 @@ def build_image_tower(name: str = "xception", weights: Optional[str] = "imagenet
             "resize": built.resize, "interpolation": built.interpolation,
             "normalization": built.normalization.as_dict(), "pooling": built.pooling or "avg",
             "feature_dim": feature_dim,
-            "build": {"name": _portable(name), "weights": _portable(weights_file) or weights, "image_size": image_size}}
+            "build": {"name": portable(name), "weights": portable(weights_file) or weights, "image_size": image_size}}
     return ImageTower(name, model, tuple(built.image_size), built.resize, feature_dim, spec)

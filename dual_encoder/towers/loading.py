@@ -25,11 +25,11 @@ class PretrainedWeightsUnavailable(DualEncoderError, RuntimeError):
 # --- shared helpers ----------------------------------------------------------------------
 
 
-def _is_local(name: str) -> bool:
+def is_local(name: str) -> bool:
     return os.path.isdir(os.path.expanduser(name))
 
 
-def _weights_file(weights) -> Optional[str]:
+def local_weights_file(weights) -> Optional[str]:
     """The local weights file `weights` names; None for None / "imagenet" (download)."""
     if weights is None or weights in ("imagenet", "preset"):
         return None
@@ -48,13 +48,13 @@ def _is_download_failure(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def _downloading(name: str, what: str, instead: str):
+def downloading(name: str, what: str, instead: str):
     """Turns a failed download into one PretrainedWeightsUnavailable saying what to pass instead
     (errors about a local folder are the user's to see as they are)."""
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - keras raises a bare Exception for fetch failures
-        if _is_local(name) or not _is_download_failure(exc):
+        if is_local(name) or not _is_download_failure(exc):
             raise
         cause = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise PretrainedWeightsUnavailable(
@@ -73,31 +73,31 @@ def _fingerprint(path: Union[str, os.PathLike]) -> str:
     return digest.hexdigest()
 
 
-def _local_id(path: str) -> dict:
+def local_id(path: str) -> dict:
     return {"path": os.path.abspath(os.path.expanduser(path)), "sha256": _fingerprint(path)}
 
 
-def _portable(name: Optional[str]) -> Optional[str]:
+def portable(name: Optional[str]) -> Optional[str]:
     """Local paths made absolute, so `from_spec` works from any working directory."""
     return os.path.abspath(os.path.expanduser(name)) if name and os.path.exists(os.path.expanduser(name)) else name
 
 
-def _preset_id(name: str) -> dict:
+def preset_id(name: str) -> dict:
     """A local preset by content; a named one by its versioned kaggle handle."""
-    return _local_id(name) if _is_local(name) else {"preset": _compat.builtin_preset_handle(name)}
+    return local_id(name) if is_local(name) else {"preset": _compat.builtin_preset_handle(name)}
 
 
-def _is_hub(name: str, *tasks) -> bool:
+def is_hub(name: str, *tasks) -> bool:
     """A local preset folder, a kaggle:// / hf:// handle, or a built-in preset of one of `tasks`."""
-    return _is_local(name) or "://" in name or any(name in task.presets for task in tasks)
+    return is_local(name) or "://" in name or any(name in task.presets for task in tasks)
 
 
-def _read_json(directory: str, name: str) -> Optional[dict]:
+def read_json(directory: str, name: str) -> Optional[dict]:
     path = Path(directory).expanduser() / name
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _unknown(kind: str, name: str, known) -> Exception:
+def unknown_tower(kind: str, name: str, known) -> Exception:
     if os.sep in name or name.startswith((".", "~")):  # meant as a folder
         return PathNotFoundError(f"{kind} tower {name!r}: no such directory (a local tower is a keras-hub preset "
                                  f"folder{', or a Hugging Face / sentence-transformers BERT folder' if kind == 'text' else ''})")

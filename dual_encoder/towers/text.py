@@ -18,7 +18,7 @@ import tensorflow as tf
 from dual_encoder import _compat
 from dual_encoder.errors import InvalidArgumentError
 from dual_encoder.towers.layers import DEFAULT_SEQUENCE_LENGTH, TextPreprocessor, TokenPooling
-from dual_encoder.towers.loading import _downloading, _is_hub, _is_local, _portable, _preset_id, _read_json, _unknown
+from dual_encoder.towers.loading import downloading, is_hub, is_local, portable, preset_id, read_json, unknown_tower
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -86,7 +86,7 @@ def _tokenizer_options(name: str, hf_config: Optional[dict]) -> dict:
     """Match a Hugging Face BERT tokenizer: keras-hub reads `do_lower_case` but not accents,
     which HF strips whenever it lower-cases unless `strip_accents` says otherwise."""
     options = dict(_compat.TF_ONLY)
-    tokenizer_config = _read_json(name, "tokenizer_config.json") if hf_config else None
+    tokenizer_config = read_json(name, "tokenizer_config.json") if hf_config else None
     if tokenizer_config and "Bert" in tokenizer_config.get("tokenizer_class", "BertTokenizer"):
         strip = tokenizer_config.get("strip_accents")
         options["strip_accents"] = bool(tokenizer_config.get("do_lower_case", False) if strip is None else strip)
@@ -96,7 +96,7 @@ def _tokenizer_options(name: str, hf_config: Optional[dict]) -> dict:
 def _text_pooling(name: str, backbone) -> str:
     """sentence-transformers folders say how they pool; decoders pool their last real token
     (a backbone with a CausalLM task); encoders their [CLS] token."""
-    pooling_config = _read_json(name, "1_Pooling/config.json") if _is_local(name) else None
+    pooling_config = read_json(name, "1_Pooling/config.json") if is_local(name) else None
     if pooling_config:
         modes = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"}
         return next((mode for mode, key in modes.items() if pooling_config.get(key)), "mean")
@@ -111,9 +111,9 @@ def _text_pooling(name: str, backbone) -> str:
 
 def _hub_text(name: str, pretrained: bool) -> _TextBackbone:
     """A keras-hub text backbone + tokenizer from a preset name, handle or local folder."""
-    hf_config = _read_json(name, "config.json") if _is_local(name) else None
+    hf_config = read_json(name, "config.json") if is_local(name) else None
     hf_config = hf_config if hf_config and "model_type" in hf_config else None
-    with _downloading(name, f"keras-hub preset of text tower {name!r}",
+    with downloading(name, f"keras-hub preset of text tower {name!r}",
                       "a local preset directory as --text-encoder (a keras-hub preset or a Hugging Face / "
                       "sentence-transformers BERT folder, e.g. ../shared/weights/all-minilm-l6-v2), or 'tiny' "
                       "with a vocabulary built from the captions; --no-pretrained does not help for a preset name, "
@@ -128,7 +128,7 @@ def _hub_text(name: str, pretrained: bool) -> _TextBackbone:
         # drift by ~2e-4 with it. Each TransformerEncoder's config records the swap.
         for layer in backbone.transformer_layers:
             _compat.set_feedforward_activation(layer, keras.activations.get(activation))
-    return _TextBackbone(backbone, tokenizer, _text_pooling(name, backbone), _preset_id(name) if pretrained else None,
+    return _TextBackbone(backbone, tokenizer, _text_pooling(name, backbone), preset_id(name) if pretrained else None,
                          activation)
 
 
@@ -143,10 +143,10 @@ def build_text_tower(name: str = "bert_base_en_uncased", pretrained: bool = True
         built = _tiny_text(vocabulary, sequence_length)
     elif vocabulary is not None:
         raise InvalidArgumentError(f"vocabulary= is for the tiny text tower; {name!r} brings its own")
-    elif _is_hub(name, keras_hub.models.TextClassifier, keras_hub.models.CausalLM):
+    elif is_hub(name, keras_hub.models.TextClassifier, keras_hub.models.CausalLM):
         built = _hub_text(name, pretrained)
     else:
-        raise _unknown("text", name, TEXT_TOWERS)
+        raise unknown_tower("text", name, TEXT_TOWERS)
     max_length = getattr(built.model, "max_sequence_length", None)
     if max_length and sequence_length > max_length:
         raise InvalidArgumentError(f"sequence_length={sequence_length} exceeds {name!r}'s maximum of {max_length}")
@@ -165,6 +165,6 @@ def build_text_tower(name: str = "bert_base_en_uncased", pretrained: bool = True
                           "strip_accents": getattr(tokenizer, "strip_accents", None), "vocabulary_size": len(vocab),
                           "vocabulary_sha256": hashlib.sha256("\n".join(vocab).encode()).hexdigest()},
             "feature_dim": feature_dim,
-            "build": {"name": _portable(name), "pretrained": pretrained, "sequence_length": sequence_length,
+            "build": {"name": portable(name), "pretrained": pretrained, "sequence_length": sequence_length,
                       "vocabulary": list(vocabulary) if vocabulary is not None else None}}
     return TextTower(name, preprocessor, model, sequence_length, feature_dim, spec)

@@ -59,7 +59,7 @@ def data_identity(manifests: dict[str, Optional[dict]]) -> list[str]:
     return sorted(identity)
 
 
-def _check_same_config(output_dir: Path, config_dict: dict, shards: list[str]) -> None:
+def check_same_config(output_dir: Path, config_dict: dict, shards: list[str]) -> None:
     """Resuming into a folder trained with other settings, or on other data, would mix two runs
     (weights, log.csv, and a best checkpoint chosen across two validation sets)."""
     path = output_dir / "config.json"

@@ -32,7 +32,7 @@ from dual_encoder.training import feature_cache
 from dual_encoder.training.callbacks import EpochTimer, make_callbacks
 from dual_encoder.training.distribution import make_strategy, shard_across_workers, worker_output_dir
 from dual_encoder.training.optimizer import make_optimizer
-from dual_encoder.training.run_folder import _check_same_config, data_identity, read_log, read_manifests
+from dual_encoder.training.run_folder import check_same_config, data_identity, read_log, read_manifests
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
     output_dir = worker_output_dir(Path(output_dir), strategy)
     output_dir.mkdir(parents=True, exist_ok=True)
     manifests = read_manifests(shard_dirs)
-    _check_same_config(output_dir, config.to_dict(), data_identity(manifests))
+    check_same_config(output_dir, config.to_dict(), data_identity(manifests))
     keras.utils.set_random_seed(config.train.seed)
 
     train_files = list_shards(shard_dirs, "train")
