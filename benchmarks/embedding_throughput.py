@@ -12,21 +12,21 @@ Search latency is exact cosine top-10 for 64 queries over 10k / 100k / 1M random
 
 from __future__ import annotations
 
+import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
+
+# isort: split
 import argparse
 import io
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the library, and the test models in tests/
+from dual_encoder.evaluation.embedders import load_embedder
+from dual_encoder.evaluation.retrieval import EmbeddingIndex
 
-import dual_encoder.cli  # noqa: E402,F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
-from dual_encoder.evaluation.embedders import load_embedder  # noqa: E402
-from dual_encoder.evaluation.retrieval import EmbeddingIndex  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 INDEX_SIZES = (10_000, 100_000, 1_000_000)
 QUERIES, TOP_K = 64, 10
@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from fake_models import build_colour_saved_model
+            from dual_encoder.testing import build_colour_saved_model
 
             model = str(build_colour_saved_model(Path(tmp) / "saved_model"))
         embedder = load_embedder(model, batch_size=args.batch_size, progress=False)

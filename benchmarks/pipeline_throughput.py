@@ -13,6 +13,9 @@ resize to 299, batch, in-graph tokenization of the captions); loose files take t
 
 from __future__ import annotations
 
+import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
+
+# isort: split
 import argparse
 import json
 import platform
@@ -23,17 +26,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
+
+from dual_encoder import towers
+from dual_encoder.data import pipeline
+from dual_encoder.data.records import ImageRecord, SkipCounter
+from dual_encoder.data.tfrecords import list_shards, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import tensorflow as tf  # noqa: E402
-
-import dual_encoder.cli  # noqa: E402,F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
-from dual_encoder import towers  # noqa: E402
-from dual_encoder.data import pipeline  # noqa: E402
-from dual_encoder.data.records import ImageRecord, SkipCounter  # noqa: E402
-from dual_encoder.data.tfrecords import list_shards, write_shards  # noqa: E402
 
 SIZE = (299, 299)
 SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "coco_mini" / "train2017"

@@ -30,6 +30,9 @@ unless --keep-models. Without ../shared it prints why and exits 0.
 
 from __future__ import annotations
 
+import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
+
+# isort: split
 import argparse
 import datetime
 import json
@@ -42,11 +45,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+from dual_encoder import config as run_config
 
-import dual_encoder.cli  # noqa: E402,F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
-from dual_encoder import config as run_config  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PRESET = "lit-small"
 SINGLE, ENSEMBLES = "default", ("auto", "imagenet")  # animals: 1 template; its own 5; CLIP's 80

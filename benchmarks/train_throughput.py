@@ -47,36 +47,35 @@ benchmarks/results/train_throughput-<towers>.json.
 
 from __future__ import annotations
 
+import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
+
+# isort: split
 import argparse
 import datetime
 import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
+import keras
+import keras_hub
 import numpy as np
+import tensorflow as tf
+
+from dual_encoder import config as run_config
+from dual_encoder import towers, training
+from dual_encoder.data import pipeline
+from dual_encoder.data.records import SkipCounter
+from dual_encoder.data.sample import sample_records
+from dual_encoder.data.tfrecords import list_shards, write_shards
+from dual_encoder.model import DualEncoder
+from dual_encoder.training import feature_cache
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
-
-import keras  # noqa: E402
-import keras_hub  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import dual_encoder.cli  # noqa: E402,F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
-from dual_encoder import config as run_config  # noqa: E402
-from dual_encoder import towers, training  # noqa: E402
-from dual_encoder.data import pipeline  # noqa: E402
-from dual_encoder.data.records import SkipCounter  # noqa: E402
-from dual_encoder.data.sample import sample_records  # noqa: E402
-from dual_encoder.data.tfrecords import list_shards, write_shards  # noqa: E402
-from dual_encoder.model import DualEncoder  # noqa: E402
-from dual_encoder.training import feature_cache  # noqa: E402
 
 BERT = {  # keras-hub BertBackbone architectures of the presets of these names
     "bert_base": dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072),

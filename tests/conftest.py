@@ -1,34 +1,10 @@
 """Shared fixtures: small shard folders written by the tests themselves."""
 
-import io
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import dual_encoder.cli  # noqa: F401  (before TensorFlow loads: tests run with the tools' TensorFlow defaults)
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def jpeg_bytes(pixels: np.ndarray, quality: int = 95) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def write_shard(path, records):
-    """Writes ImageRecords with in-memory uint8 images to one shard (no writer logic involved)."""
-    import tensorflow as tf
-
-    from dual_encoder.data import schema
-
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for r in records:
-            h, w = r.image.shape[:2]
-            writer.write(schema.make_example(r.image_id, jpeg_bytes(r.image), r.captions, r.source, h, w))
-    return str(path)
+from dual_encoder.testing import write_shard
 
 
 @pytest.fixture(scope="session")

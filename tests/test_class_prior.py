@@ -11,11 +11,10 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SHARED
-from test_training import tiny_config
 
 from dual_encoder import towers, training
 from dual_encoder.model import DualEncoder, class_prior
+from dual_encoder.testing import SHARED, tiny_config
 
 RNG = np.random.default_rng(0)
 

@@ -4,10 +4,10 @@ import io
 
 import numpy as np
 import pytest
-from data_fixtures import close, decode, encode, pattern, rotated_jpeg
 from PIL import Image
 
 from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
+from dual_encoder.testing import close, decode, encode, pattern, rotated_jpeg
 
 
 def test_plain_jpeg_keeps_its_bytes():

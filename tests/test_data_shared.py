@@ -4,11 +4,11 @@ import time
 from pathlib import Path
 
 import pytest
-from data_fixtures import read_split
 
 from dual_encoder.cli.data import build_parser
 from dual_encoder.cli.sources import records_from_args
 from dual_encoder.data.tfrecords import write_shards
+from dual_encoder.testing import read_split
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = [

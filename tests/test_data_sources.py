@@ -9,14 +9,14 @@ import types
 
 import pytest
 import tensorflow_datasets as tfds
-from data_fixtures import decode, encode, parse_source_flags, pattern, write_csv
 
-from dual_encoder.cli.sources import SourceArgumentError, add_source_arguments, records_from_args
+from dual_encoder.cli.sources import SourceArgumentError, add_source_arguments, parse_source_flags, records_from_args
 from dual_encoder.data.coco import coco_records
 from dual_encoder.data.collect import SourceFormatError
 from dual_encoder.data.records import ImageRecord, SkipCounter
 from dual_encoder.data.tabular import csv_records, jsonl_records
 from dual_encoder.data.tfds_source import TfdsUnavailableError, tfds_records
+from dual_encoder.testing import decode, encode, pattern, write_csv
 
 
 @pytest.fixture

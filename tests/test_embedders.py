@@ -4,11 +4,11 @@ import io
 
 import numpy as np
 import pytest
-from fake_models import COLOURS, build_tiny_clip_preset, build_tiny_siglip_preset, colour_image, shared_colour_model
 from PIL import Image
 
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.evaluation import embedders
+from dual_encoder.testing import COLOURS, build_tiny_clip_preset, build_tiny_siglip_preset, colour_image, shared_colour_model
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import read_split
-from fake_models import COLOURS, build_tiny_clip_preset, colour_image, shared_colour_model, write_colour_folders
 from PIL import Image
 
 from dual_encoder.cli import evaluate as cli
 from dual_encoder.evaluation import embedders
+from dual_encoder.testing import (
+    COLOURS,
+    build_tiny_clip_preset,
+    colour_image,
+    read_split,
+    shared_colour_model,
+    write_colour_folders,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFICATION_KEYS = ("accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1",

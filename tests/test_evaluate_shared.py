@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_models import shared_colour_model
+
+from dual_encoder.testing import shared_colour_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -10,7 +10,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_shard
 
 from dual_encoder import config as run_config
 from dual_encoder import towers, training
@@ -19,6 +18,7 @@ from dual_encoder.data.records import SkipCounter
 from dual_encoder.data.sample import sample_records
 from dual_encoder.data.tfrecords import write_shards
 from dual_encoder.model import DualEncoder
+from dual_encoder.testing import write_shard
 from dual_encoder.towers import features as text_features
 from dual_encoder.towers import text as text_towers
 from dual_encoder.training import feature_cache

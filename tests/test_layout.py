@@ -99,3 +99,17 @@ def test_no_import_reaches_up_the_flow_or_across_to_a_peer():
 ])
 def test_the_rule_itself(importer, imported, allowed):
     assert (violation(importer, imported, shim=False) is None) == allowed
+
+
+def test_no_test_or_benchmark_edits_sys_path_or_imports_a_test_module():
+    root = PACKAGE.parent
+    test_modules = {p.stem for p in (root / "tests").glob("*.py")}
+    problems = []
+    for path in sorted([*(root / "tests").glob("*.py"), *(root / "benchmarks").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys":
+                problems.append(f"{path.name}:{node.lineno}: uses sys.path")
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            problems += [f"{path.name}:{node.lineno}: imports the test module {n}" for n in names if n in test_modules]
+    assert problems == []

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SHARED
 
 from dual_encoder import config as run_config
 from dual_encoder import towers, training
+from dual_encoder.testing import SHARED
 
 CAPTIONS = ["a red circle", "two blue squares", "three green triangles on the left", "a white diamond"]
 

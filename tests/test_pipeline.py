@@ -5,10 +5,10 @@ import collections
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_shard
 
 from dual_encoder.data import pipeline
 from dual_encoder.data.records import ImageRecord
+from dual_encoder.testing import write_shard
 
 
 def _records():

@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_fixtures import close, decode, encode, parse_source_flags, pattern, read_split, rotated_jpeg, run_cli, write_csv
 from PIL import Image
 
 from dual_encoder import config as run_config
 from dual_encoder.cli import flags
 from dual_encoder.cli.data import main
-from dual_encoder.cli.sources import records_from_args
+from dual_encoder.cli.sources import parse_source_flags, records_from_args
 from dual_encoder.data.records import ImageRecord, SkipCounter
 from dual_encoder.data.tfrecords import (
     ConfigMismatchError,
@@ -23,6 +22,7 @@ from dual_encoder.data.tfrecords import (
     split_by_image,
     write_shards,
 )
+from dual_encoder.testing import close, decode, encode, pattern, read_split, rotated_jpeg, run_cli, write_csv
 
 CSV_FLAGS = ["--image-column", "image", "--caption-column", "caption"]
 

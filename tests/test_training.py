@@ -10,26 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from dual_encoder import config as run_config
 from dual_encoder import training
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.data.sample import sample_records
 from dual_encoder.data.tfrecords import write_shards
 from dual_encoder.model import losses
+from dual_encoder.testing import tiny_config
 from dual_encoder.training import trainer
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(epochs=3, **train):
-    config = run_config.get_preset("sample")
-    config.model.image_size = 48
-    config.model.projection_dim = 32
-    config.train.epochs = epochs
-    config.train.batch_size = 32
-    for key, value in train.items():
-        setattr(config.train, key, value)
-    return config
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from fake_models import COLOURS, colour_image, shared_colour_model
 
 from dual_encoder.evaluation import embedders, metrics, zeroshot
+from dual_encoder.testing import COLOURS, colour_image, shared_colour_model
 
 
 def test_template_sets():

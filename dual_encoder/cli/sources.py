@@ -71,6 +71,13 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True)
     )
 
 
+def parse_source_flags(*flags: str) -> argparse.Namespace:
+    """The caption-source flags alone, parsed as every tool declares them (for scripts and tests)."""
+    parser = argparse.ArgumentParser()
+    add_source_arguments(parser)
+    return parser.parse_args(list(flags))
+
+
 def records_from_args(args: argparse.Namespace) -> tuple[list[ImageRecord], dict, SkipCounter]:
     """(records, source_info, skipped) for the source the flags name; source_info goes to the manifest."""
     skipped = SkipCounter()

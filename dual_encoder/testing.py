@@ -1,20 +1,38 @@
-"""Small, informative stand-in models and data for evaluation tests and benchmarks.
+"""Test doubles and tiny data for the tests and benchmarks: nothing here touches the network.
 
-`build_colour_saved_model` writes a SavedModel with the exported endpoints (`encode_image`,
-`encode_text`, `logit_scale`) whose embeddings really align: an image embeds as its mean colour,
-a text as the sum of the colours it names (hashed bag of words). So "a photo of a red thing"
-retrieves red pictures, and zero-shot and Recall@K must come out far above chance, which
-tests the evaluation path for real without a trained network.
+- an informative stand-in model: `build_colour_saved_model` writes a SavedModel with the exported
+  endpoints (`encode_image`, `encode_text`, `logit_scale`) whose embeddings really align (an image
+  embeds as its mean colour, a text as the sum of the colours it names), so zero-shot and
+  Recall@K must come out far above chance without a trained network;
+- tiny keras-hub CLIP and SigLIP presets saved as local preset folders;
+- small images and shard helpers (`pattern`, `encode`, `write_shard`, `read_split`, ...) and a
+  tiny run configuration (`tiny_config`).
+
+Uses any stage of the package but the command-line layer.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+
+from dual_encoder import config as run_config
+from dual_encoder.data import schema
+from dual_encoder.data.tfrecords import list_shards
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"  # real photos and towers beside the repository (tests marked `shared`)
+
+
+# --- the colour model and tiny keras-hub presets ---------------------------------------
 
 # Corners of the RGB cube: after centring at grey their directions are all distinct.
 COLOURS = {
@@ -151,3 +169,115 @@ def shared_colour_model(tmp_path_factory) -> Path:
         build_colour_saved_model(run / "saved_model")
         _BUILT["colour"] = run
     return _BUILT["colour"]
+
+
+# --- images, shards, configurations -------------------------------------------------------
+
+
+
+
+def pattern(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
+    """A smooth colour image (JPEG keeps it within a few levels), different per seed."""
+    y, x = np.mgrid[0:height, 0:width]
+    phase = seed * 0.7
+    rgb = [127 + 100 * np.sin(x / width * 3 + phase + c) * np.cos(y / height * 2 + c) for c in range(3)]
+    return np.stack(rgb, axis=-1).astype(np.uint8)
+
+
+def encode(image, fmt: str = "JPEG", **kwargs) -> bytes:
+    """Bytes of `image` (an array or a PIL image) in `fmt`."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    out = io.BytesIO()
+    image.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def rotated_jpeg() -> bytes:
+    """64 wide x 32 high, left half red, right half blue, EXIF orientation 6 (display rotated 90 deg clockwise).
+
+    Shown upright it is 32 wide x 64 high with red on top.
+    """
+    array = np.zeros((32, 64, 3), np.uint8)
+    array[:, :32] = (255, 0, 0)
+    array[:, 32:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(array, exif=exif)
+
+
+def close(a: np.ndarray, b: np.ndarray, tolerance: float = 12) -> bool:
+    """Same shape and a mean absolute difference one JPEG generation at quality >= 90 stays under."""
+    return a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() < tolerance
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    """Decodes as the training pipeline will."""
+    return tf.io.decode_jpeg(jpeg, channels=3).numpy()
+
+
+def read_split(dirs, split: str) -> list[dict]:
+    """Every example of `split`, parsed into plain Python values."""
+    examples = []
+    for path in list_shards(dirs, split):
+        for serialized in tf.data.TFRecordDataset(path):
+            parsed = schema.parse_example(serialized)
+            examples.append(
+                {
+                    "id": parsed[schema.IMAGE_ID].numpy().decode(),
+                    "captions": [c.decode() for c in parsed[schema.CAPTIONS].numpy()],
+                    "jpeg": parsed[schema.IMAGE].numpy(),
+                    "height": int(parsed[schema.HEIGHT]),
+                    "width": int(parsed[schema.WIDTH]),
+                    "source": parsed[schema.SOURCE].numpy().decode(),
+                }
+            )
+    return examples
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header=("image", "caption")) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(header)] + [",".join(row) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, code: str = "", timeout: int = 120) -> subprocess.CompletedProcess:
+    """Runs `python -m dual_encoder.data ARGS` in a fresh process; `code` runs first (e.g. a patch)."""
+    program = (
+        f"import runpy, sys\n{code}\n"
+        f"sys.argv = ['python -m dual_encoder.data', *{list(args)!r}]\n"
+        "runpy.run_module('dual_encoder.data', run_name='__main__', alter_sys=True)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-c", program], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def jpeg_bytes(pixels: np.ndarray, quality: int = 95) -> bytes:
+    """`pixels` as JPEG bytes, as a dataset on disk would hold them."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def write_shard(path, records):
+    """Writes ImageRecords with in-memory uint8 images to one shard (no writer logic involved)."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for r in records:
+            h, w = r.image.shape[:2]
+            writer.write(schema.make_example(r.image_id, jpeg_bytes(r.image), r.captions, r.source, h, w))
+    return str(path)
+
+
+def tiny_config(epochs=3, **train):
+    """The `sample` preset shrunk for tests (48 px, 32-d, batch 32); `train` overrides TrainConfig fields."""
+    config = run_config.get_preset("sample")
+    config.model.image_size = 48
+    config.model.projection_dim = 32
+    config.train.epochs = epochs
+    config.train.batch_size = 32
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
