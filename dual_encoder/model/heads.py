@@ -16,7 +16,7 @@ _SERIALIZABLE = "dual_encoder"
 class ProjectionHead(keras.layers.Layer):
     """Projects tower features into the shared space, L2-normalised.
 
-    `mlp` is the reference head of the Keras recipe (Dense → GELU → Dense → Dropout →
+    `mlp` is the reference recipe's head (Dense → GELU → Dense → Dropout →
     residual → LayerNorm); `linear` is a single Dense, often better on little data.
     """
 
