@@ -13,48 +13,41 @@ def refusal(*args, **kwargs):
     raise errors.InvalidArgumentError("--flag 7: out of range")
 
 
-@pytest.mark.parametrize("raise_it, expected", [(refusal, 2), (bug, ZeroDivisionError)])
-def test_train_cli(monkeypatch, tmp_path, capsys, raise_it, expected):
-    from dual_encoder.cli import train as train_script
+def train_cli(monkeypatch, tmp_path, raise_it):
+    from dual_encoder.cli import train
     from dual_encoder.training import trainer
 
     monkeypatch.setattr(trainer, "train", raise_it)
-    monkeypatch.setattr(train_script, "prepare_shards", lambda args, config: [str(tmp_path)])
-    argv = ["--tfrecords", str(tmp_path), "--output-dir", str(tmp_path / "run")]
-    if expected is ZeroDivisionError:
-        with pytest.raises(ZeroDivisionError):
-            train_script.main(argv)
-    else:
-        assert train_script.main(argv) == 2
-        assert capsys.readouterr().err.strip() == "error: --flag 7: out of range"
+    monkeypatch.setattr(train, "prepare_shards", lambda args, config: [str(tmp_path)])
+    return train.main, ["--tfrecords", str(tmp_path), "--output-dir", str(tmp_path / "run")]
 
 
-@pytest.mark.parametrize("raise_it, expected", [(refusal, 2), (bug, ZeroDivisionError)])
-def test_evaluate_cli(monkeypatch, tmp_path, capsys, raise_it, expected):
-    from dual_encoder.cli import evaluate as evaluate_script
+def evaluate_cli(monkeypatch, tmp_path, raise_it):
+    from dual_encoder.cli import evaluate
 
-    monkeypatch.setattr(evaluate_script, "run_retrieval", raise_it)
-    argv = ["--model", str(tmp_path), "--sample"]
-    if expected is ZeroDivisionError:
-        with pytest.raises(ZeroDivisionError):
-            evaluate_script.main(argv)
-    else:
-        assert evaluate_script.main(argv) == 2
-        assert capsys.readouterr().err.strip() == "error: --flag 7: out of range"
+    monkeypatch.setattr(evaluate, "run_retrieval", raise_it)
+    return evaluate.main, ["--model", str(tmp_path), "--sample"]
 
 
-@pytest.mark.parametrize("raise_it, expected", [(refusal, 2), (bug, ZeroDivisionError)])
-def test_data_cli(monkeypatch, tmp_path, capsys, raise_it, expected):
-    from dual_encoder.cli import data as data_cli
+def data_cli(monkeypatch, tmp_path, raise_it):
+    from dual_encoder.cli import data
 
-    monkeypatch.setattr(data_cli, "write_shards", raise_it)
-    argv = ["--sample", "--sample-images", "4", "--out", str(tmp_path / "out"), "--quiet"]
-    if expected is ZeroDivisionError:
-        with pytest.raises(ZeroDivisionError):
-            data_cli.main(argv)
-    else:
-        assert data_cli.main(argv) == 2
-        assert capsys.readouterr().err.strip() == "error: --flag 7: out of range"
+    monkeypatch.setattr(data, "write_shards", raise_it)
+    return data.main, ["--sample", "--sample-images", "4", "--out", str(tmp_path / "out"), "--quiet"]
+
+
+@pytest.mark.parametrize("cli", [train_cli, evaluate_cli, data_cli])
+def test_our_error_is_one_line_and_exit_2(cli, monkeypatch, tmp_path, capsys):
+    main, argv = cli(monkeypatch, tmp_path, refusal)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == "error: --flag 7: out of range"
+
+
+@pytest.mark.parametrize("cli", [train_cli, evaluate_cli, data_cli])
+def test_a_bug_keeps_its_traceback(cli, monkeypatch, tmp_path):
+    main, argv = cli(monkeypatch, tmp_path, bug)
+    with pytest.raises(ZeroDivisionError):
+        main(argv)
 
 
 def test_every_error_we_raise_on_purpose_has_the_one_base():
