@@ -113,3 +113,16 @@ def test_no_test_or_benchmark_edits_sys_path_or_imports_a_test_module():
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             problems += [f"{path.name}:{node.lineno}: imports the test module {n}" for n in names if n in test_modules]
     assert problems == []
+
+
+def test_argparse_and_sys_exit_live_only_in_the_command_line_layer():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        exits = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "exit"
+                 and getattr(n.value, "id", None) == "sys"]
+        if ("argparse" in names or exits) and stage_of(module_name(path)) != "cli" and path.name != "__main__.py":
+            found.append(module_name(path))
+    assert found == []
