@@ -84,7 +84,7 @@ def zero_shot(
     """
     if not isinstance(data, LabeledImages):
         raise TypeError(f"data must be LabeledImages, not {type(data).__name__}; load a folder with "
-                        "dual_encoder.data.folders.load_classification_dataset('folder', DIR)")
+                        "dual_encoder.load_classification_dataset('folder', DIR)")
     shots = probe.parse_shots(shots) if shots else shots
     skipped = SkipCounter()
     image_emb, kept = embed_images(embedder, data.sources, item_keys(data.sources, data.ids), data.ids, cache, skipped)

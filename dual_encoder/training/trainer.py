@@ -3,7 +3,7 @@
 `train()` is the library entry point behind `train.py`; notebooks call it the same way. An
 output folder holds everything about a run: `backup/` (resume state), `checkpoints/`,
 `log.csv`, `tensorboard/`, `curves.png`, `saved_model/` and `results.json`. With both towers frozen,
-their features are computed once into `<shard dir>/features/` (`feature_cache.py`) and the
+their features are computed once into `<shard dir>/features/` (`training/feature_cache.py`) and the
 epochs train the heads on them; evaluation and export still use the whole model.
 """
 
