@@ -10,10 +10,27 @@ from typing import Optional, Sequence
 
 from dual_encoder import files
 from dual_encoder.errors import InvalidArgumentError
+from dual_encoder.training.checkpoints import CheckpointWriteError
 
 # More (or fewer) epochs; cached or not, the same model; how shards are written (the shards
 # themselves are compared by data_identity, and these settings do nothing with --tfrecords).
 RESUMABLE_CHANGES = {"epochs", "feature_cache", "val_fraction", "split_seed", "images_per_shard", "max_side"}
+
+
+def prepare_output_dir(path: Path) -> Path:
+    """The run folder, created if needed, once it is known to be a folder this process can write
+    (before any training, instead of failing at the first checkpoint)."""
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"--output-dir {path}: is a file, not a folder (pass a folder; it is created if needed)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-check{files.TMP_MARK}{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise CheckpointWriteError(f"--output-dir {path}: cannot write there ({error.strerror or error})",
+                                   error.errno) from None
+    return path
 
 
 def read_log(path: Path) -> dict[str, list[float]]:

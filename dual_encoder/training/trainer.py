@@ -9,10 +9,10 @@ epochs train the heads on them; evaluation and export still use the whole model.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -22,17 +22,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dual_encoder import towers
+from dual_encoder import files, towers
 from dual_encoder.config import RunConfig
 from dual_encoder.data import pipeline
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 from dual_encoder.model import class_prior
 from dual_encoder.model.dual_encoder import DualEncoder
 from dual_encoder.training import feature_cache
-from dual_encoder.training.callbacks import EpochTimer, make_callbacks
+from dual_encoder.training.callbacks import BEST_WEIGHTS, EpochTimer, make_callbacks, restore_backup
+from dual_encoder.training.checkpoints import (
+    MARGIN_BYTES,
+    DamagedCheckpointError,
+    load_weights,
+    require_free_space,
+    weights_bytes,
+)
 from dual_encoder.training.distribution import make_strategy, shard_across_workers, worker_output_dir
 from dual_encoder.training.optimizer import make_optimizer
-from dual_encoder.training.run_folder import check_same_config, data_identity, read_log, read_manifests
+from dual_encoder.training.run_folder import check_same_config, data_identity, prepare_output_dir, read_log, read_manifests
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +131,7 @@ def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="aut
     progress bar. `export`: write the SavedModel too. Keras' global dtype policy is set from
     `config.train.mixed_precision` for the call and restored afterwards.
     """
+    _check_arguments(config, shard_dirs, output_dir)
     if isinstance(shard_dirs, (str, os.PathLike)):
         shard_dirs = [shard_dirs]
     shard_dirs = [str(d) for d in shard_dirs]
@@ -135,6 +143,59 @@ def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="aut
         keras.mixed_precision.set_global_policy(policy)
 
 
+def _check_arguments(config, shard_dirs, output_dir) -> None:
+    """The public entry point says what it expected instead of failing deep inside."""
+    if not isinstance(config, RunConfig):
+        raise InvalidArgumentError(f"config must be a RunConfig (e.g. dual_encoder.get_preset('sample')), not "
+                                   f"{type(config).__name__}")
+    paths = [shard_dirs] if isinstance(shard_dirs, (str, os.PathLike)) else shard_dirs
+    if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
+        raise InvalidArgumentError(f"shard_dirs must be a folder or a list of folders written by python -m "
+                                   f"dual_encoder.data, not {shard_dirs!r}")
+    if not isinstance(output_dir, (str, os.PathLike)):
+        raise InvalidArgumentError(f"output_dir must be a folder path, not {type(output_dir).__name__}")
+
+
+def _save_model_file(model, path: Path) -> None:
+    """model.keras, whole or not at all, after checking there is room for it."""
+    require_free_space(path.parent, weights_bytes(model) + MARGIN_BYTES, path.name)
+    tmp = path.with_name(f"{path.stem}{files.TMP_MARK}{os.urandom(6).hex()}{path.suffix}")  # keras wants the .keras suffix
+    try:
+        model.save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _export(model, path: Path) -> None:
+    """The SavedModel, written beside its target and swapped in whole (a rerun replaces it)."""
+    from dual_encoder.export import export_saved_model
+
+    require_free_space(path.parent, weights_bytes(model) + MARGIN_BYTES, path.name)
+    tmp, old = (path.with_name(f"{path.name}{files.TMP_MARK}{os.urandom(6).hex()}") for _ in range(2))
+    try:
+        export_saved_model(model, str(tmp))
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _load_best_weights(model, output_dir: Path) -> None:
+    """The best checkpoint into `model`; a damaged one is reported and the weights training ended
+    with are kept (they are also in checkpoints/last.weights.h5)."""
+    best = output_dir.joinpath(*BEST_WEIGHTS)
+    if not best.exists():
+        return
+    try:
+        load_weights(model, best)
+    except DamagedCheckpointError as damaged:
+        logger.warning("%s: using the weights of the last epoch instead (delete it, or train into a new --output-dir, "
+                       "to get a best checkpoint again)", damaged)
+
+
 def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export: bool) -> dict:
     from dual_encoder.data.tfrecords import list_shards
     from dual_encoder.evaluation import plots, retrieval
@@ -144,8 +205,7 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
     if config.train.jit_compile and strategy.num_replicas_in_sync > 1:
         raise InvalidArgumentError(f"--jit-compile needs a single replica ({strategy.num_replicas_in_sync} here): Keras "
                                    "compiles the whole distributed step, replicas and collectives included, which XLA cannot")
-    output_dir = worker_output_dir(Path(output_dir), strategy)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_output_dir(worker_output_dir(Path(output_dir), strategy))
     manifests = read_manifests(shard_dirs)
     check_same_config(output_dir, config.to_dict(), data_identity(manifests))
     keras.utils.set_random_seed(config.train.seed)
@@ -186,6 +246,7 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         return shard_across_workers(dataset, len(files), strategy)
 
     callbacks, guard = make_callbacks(config, output_dir, has_validation=bool(val_files))
+    initial_epoch = restore_backup(model, output_dir)
     timer = EpochTimer()
     fit_started = time.perf_counter()
     with warnings.catch_warnings():
@@ -193,7 +254,7 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         model.fit(
             pairs(train_files, True), validation_data=pairs(val_files, False) if val_files else None,
-            epochs=config.train.epochs, callbacks=callbacks + [timer], verbose=verbose,
+            epochs=config.train.epochs, initial_epoch=initial_epoch, callbacks=callbacks + [timer], verbose=verbose,
             shuffle=False,  # the datasets shuffle themselves; Keras' own flag would only warn that it is ignored
         )
     fit_seconds = time.perf_counter() - fit_started
@@ -203,9 +264,7 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
             f"the loss became {value} at epoch {epoch}, batch {batch}; training stopped. The last good "
             f"weights are in {output_dir / 'checkpoints'}. Try a lower --learning-rate or a fixed temperature."
         )
-    best = output_dir / "checkpoints" / "best.weights.h5"
-    if best.exists():
-        model.load_weights(str(best))
+    _load_best_weights(model, output_dir)
 
     history = read_log(output_dir / "log.csv")
     plots.save_training_curves(history, output_dir / "curves.png")
@@ -213,13 +272,11 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
     image_emb, text_emb, owner = embed_split(model, eval_files)
     evaluation = {"split": "val" if val_files else "train", **retrieval.retrieval_report(image_emb, text_emb, owner)}
 
-    model.save(str(output_dir / "model.keras"))
+    _save_model_file(model, output_dir / "model.keras")
     export_seconds = None
     if export:
-        from dual_encoder.export import export_saved_model
-
         export_started = time.perf_counter()
-        export_saved_model(model, str(output_dir / "saved_model"))
+        _export(model, output_dir / "saved_model")
         export_seconds = time.perf_counter() - export_started
 
     results = {
@@ -242,5 +299,5 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
                     "keras_model": str(output_dir / "model.keras"),
                     "curves": str(output_dir / "curves.png"), "log": str(output_dir / "log.csv")},
     }
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    files.write_json(output_dir / "results.json", results)
     return results
