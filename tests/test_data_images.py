@@ -1,12 +1,23 @@
 """Any input image -> RGB JPEG: fast path, mode conversions, EXIF rotation, resizing, broken files."""
 
 import io
+import os
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
+from dual_encoder.data.images import (
+    MissingImageError,
+    NotAFileError,
+    SkippedImageError,
+    UndecodableImageError,
+    UnreadableImageError,
+    UnsupportedImageError,
+    read_bytes,
+    to_rgb_jpeg,
+)
 from dual_encoder.testing import close, decode, encode, pattern, rotated_jpeg
 
 
@@ -96,3 +107,86 @@ def test_read_bytes_reports_missing_files(tmp_path):
     assert read_bytes(str(tmp_path / "a.jpg")) == b"abc"
     with pytest.raises(MissingImageError, match="b.jpg"):
         read_bytes(str(tmp_path / "b.jpg"))
+
+
+# --- only regular files are opened (issue 15) ------------------------------------------------
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A FIFO named like an image. Its write end is held open and closed after a few seconds, so a
+    reader that wrongly opens it gets an empty file instead of blocking the test run forever."""
+    path = tmp_path / "fifo.jpg"
+    os.mkfifo(path)
+    write_end = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    open_ends = [write_end]
+    closer = threading.Timer(3, lambda: os.close(open_ends.pop()))
+    closer.start()
+    yield path
+    closer.cancel()
+    closer.join()  # now it either ran or never will
+    for end in open_ends:
+        os.close(end)
+
+
+def test_read_bytes_opens_only_regular_files(tmp_path, fifo):
+    (tmp_path / "dir.jpg").mkdir()
+    (tmp_path / "loop1.jpg").symlink_to("loop2.jpg")
+    (tmp_path / "loop2.jpg").symlink_to("loop1.jpg")
+    (tmp_path / "a.jpg").write_bytes(b"abc")
+    (tmp_path / "dangling.jpg").symlink_to("gone.jpg")
+    cases = [
+        (tmp_path / "dir.jpg", NotAFileError, "a directory, not a regular file", "not_a_file"),
+        (fifo, NotAFileError, "a FIFO, not a regular file", "not_a_file"),
+        (tmp_path / "loop1.jpg", UnreadableImageError, "cannot read .*symbolic links", "unreadable"),
+        (tmp_path / "dangling.jpg", MissingImageError, "no such file", "missing_file"),
+        (tmp_path / "a.jpg" / "b.jpg", MissingImageError, "no such file", "missing_file"),  # a parent is a file
+    ]
+    for path, error, message, reason in cases:
+        with pytest.raises(error, match=message) as raised:
+            read_bytes(str(path))
+        assert str(path) in str(raised.value) and raised.value.reason == reason
+        assert isinstance(raised.value, SkippedImageError)
+    assert issubclass(NotAFileError, UndecodableImageError) and issubclass(UnreadableImageError, UndecodableImageError)
+
+
+# --- deep images: scaled from their own white level, or refused (issue 15) ----------------------
+
+RAMP = np.linspace(0, 1, 48 * 64, dtype=np.float64).reshape(48, 64)  # black to white, row by row
+
+
+def tiff(array: np.ndarray) -> bytes:
+    return encode(Image.fromarray(array), "TIFF")
+
+
+def gray_rgb(levels: np.ndarray) -> np.ndarray:
+    return np.repeat(np.rint(levels).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+@pytest.mark.parametrize("what, data, mode", [
+    ("float32 in [0, 1]", tiff(RAMP.astype(np.float32)), "F"),
+    ("16-bit", tiff(np.rint(RAMP * 65535).astype(np.uint16)), "I;16"),
+    ("16-bit PNG", encode(Image.fromarray(np.rint(RAMP * 65535).astype(np.uint16)), "PNG"), "I;16"),
+])
+def test_deep_gray_images_are_scaled_from_their_white_level(what, data, mode):
+    assert Image.open(io.BytesIO(data)).mode == mode, what  # a real file of that kind, as Pillow writes it
+    assert close(decode(to_rgb_jpeg(data)[0]), gray_rgb(RAMP * 255), tolerance=2), what
+
+
+def test_dark_16_bit_image_stays_dark():
+    """A 16-bit image whose values happen to stay under 256 is still 16-bit: nearly black, not bright."""
+    dark = np.rint(RAMP * 255).astype(np.uint16)  # 0..255 out of 65535
+    pixels = decode(to_rgb_jpeg(tiff(dark))[0])
+    assert pixels.max() <= 3
+
+
+@pytest.mark.parametrize("what, data, message", [
+    ("32-bit integer", tiff(np.rint(RAMP * 1000).astype(np.int32)), "32-bit integer image .* no known white level"),
+    ("float above 1", tiff((RAMP * 4).astype(np.float32)), r"float image with values in \[0, 4\]"),
+    ("negative float", tiff((RAMP - 0.5).astype(np.float32)), r"values in \[-0.5, 0.5\]"),
+    ("float NaN", tiff(np.full((4, 4), np.nan, np.float32)), "only floats in"),
+])
+def test_deep_images_without_a_known_white_are_unsupported_not_wrong(what, data, message):
+    with pytest.raises(UnsupportedImageError, match=message) as raised:
+        to_rgb_jpeg(data, name="scan.tif")
+    assert "scan.tif" in str(raised.value) and raised.value.reason == "unsupported_image", what

@@ -250,3 +250,92 @@ def test_sample_source_is_imported_only_when_asked_for(monkeypatch):
     monkeypatch.setitem(sys.modules, "dual_encoder.data.sample", fake)
     records, info, _ = records_from_args(parse_source_flags("--sample", "--sample-images", "4"))
     assert len(records) == 4 and info == {"type": "sample", "num_images": 4}
+
+
+# --- data that lies (issue 15) ---------------------------------------------------------------
+
+
+def write_coco(root, images, annotations, split="val2017"):
+    """A COCO-layout folder with the given `images` and `annotations` lists, as a file would hold them."""
+    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+
+
+def test_coco_file_names_never_leave_the_image_folder(tmp_path, caplog):
+    root = tmp_path / "coco"
+    make_images(root / "val2017", ["1.jpg"])
+    make_images(root / "val2017" / "sub", ["2.jpg"])
+    make_images(tmp_path, ["secret.jpg"])  # exists, outside DIR/val2017: must not be opened
+    images = [{"id": 1, "file_name": "1.jpg"}, {"id": 2, "file_name": "sub/2.jpg"},
+              {"id": 3, "file_name": "../../secret.jpg"}, {"id": 4, "file_name": str(tmp_path / "secret.jpg")},
+              {"id": 5, "file_name": "sub/../../../../../../etc/hostname"}]
+    annotations = [{"id": i, "image_id": i, "caption": f"caption of {i}"} for i in range(1, 6)]
+    write_coco(root, images, annotations)
+    skipped = SkipCounter()
+    with caplog.at_level(logging.WARNING):
+        records = coco_records(str(root), "val2017", skipped=skipped)
+    assert [r.path for r in records] == [str(root / "val2017" / "1.jpg"), str(root / "val2017" / "sub/2.jpg")]
+    assert skipped.as_dict() == {"outside_image_dir": 3, "outside_image_dir_captions": 3}
+    assert "file_name '../../secret.jpg' is outside" in caplog.text and "etc/hostname" in caplog.text
+
+
+def test_coco_duplicate_image_ids_are_counted_not_silently_merged(tmp_path, caplog):
+    root = tmp_path / "coco"
+    make_images(root / "val2017", ["a.jpg", "b.jpg"])
+    images = [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}, {"id": 1, "file_name": "a.jpg"}]
+    write_coco(root, images, [{"id": 9, "image_id": 1, "caption": "a cat"}])
+    skipped = SkipCounter()
+    with caplog.at_level(logging.WARNING):
+        records = coco_records(str(root), "val2017", skipped=skipped)
+    assert [(r.image_id, r.path) for r in records] == [("1", str(root / "val2017" / "a.jpg"))]
+    assert skipped.as_dict() == {"duplicate_image_id": 1}  # the same file listed twice is no loss
+    assert "id 1 is listed again with 'b.jpg'; kept 'a.jpg'" in caplog.text
+
+
+def test_coco_captions_that_are_not_text_are_malformed_rows(tmp_path, caplog):
+    root = tmp_path / "coco"
+    make_images(root / "val2017", ["a.jpg"])
+    captions = ["a cat", 7, ["a", "list"], None, {"text": "a dict"}, True, "\udc80 lone surrogate"]
+    annotations = [{"id": n, "image_id": 1, "caption": c} for n, c in enumerate(captions)]
+    annotations += [{"id": 50, "caption": "no image id"}, "not an object"]
+    images = [{"id": 1, "file_name": "a.jpg"}, {"id": True, "file_name": "b.jpg"}, {"id": 2, "file_name": 5},
+              {"id": 3, "file_name": "\udcff.jpg"}]
+    write_coco(root, images, annotations)
+    skipped = SkipCounter()
+    with caplog.at_level(logging.WARNING):
+        records = coco_records(str(root), "val2017", skipped=skipped)
+    assert [(r.image_id, r.captions) for r in records] == [("1", ["a cat"])]  # never "7", "None" or "True"
+    assert skipped.as_dict() == {"malformed_caption": 1, "malformed_row": 10}
+    assert "annotations[1] (image 1): caption is 7, not text" in caplog.text
+    assert "images[1] has no usable id or file_name" in caplog.text
+
+
+def test_jsonl_columns_are_judged_by_the_rows_not_by_line_one(tmp_path, caplog):
+    make_images(tmp_path / "images", ["1.jpg", "2.jpg", "3.jpg"])
+    lines = [{"id": 1, "note": "no caption key on line 1"}, {"id": 2, "caption": "a dog"}, {"id": 3, "caption": "a cat"},
+             {"id": ["a", "list"], "caption": "an image that is a list"}, {"id": True, "caption": "an image that is a bool"},
+             {"id": 3, "caption": "\ud800 lone surrogate"}]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    skipped = SkipCounter()
+    with caplog.at_level(logging.WARNING):
+        records = jsonl_records(str(path), "id", "caption", "images/{}.jpg", skipped=skipped)
+    assert [(r.image_id, r.captions) for r in records] == [("2", ["a dog"]), ("3", ["a cat"])]
+    assert skipped.as_dict() == {"malformed_caption": 1, "malformed_row": 3}
+    assert "line 1: no 'id' or 'caption' key" in caplog.text and "line 4: 'id' is [\"a\", \"list\"]" in caplog.text
+    with pytest.raises(SourceFormatError, match="no column 'text'; the columns are: id, note, caption"):
+        jsonl_records(str(path), "id", "text", skipped=SkipCounter())  # a key no row has is still the clear error
+
+
+def test_csv_paths_from_outside_the_caption_folder_are_marked(tmp_path):
+    make_images(tmp_path / "data" / "images", ["in.jpg"])
+    make_images(tmp_path / "elsewhere", ["out.jpg", "abs.jpg"])
+    rows = [("images/in.jpg", "inside"), ("images/../images/in.jpg", "inside too"),
+            ("../elsewhere/out.jpg", "climbs out"), (str(tmp_path / "elsewhere" / "abs.jpg"), "absolute")]
+    path = write_csv(tmp_path / "data" / "c.csv", rows)
+    records = csv_records(str(path), "image", "caption", skipped=SkipCounter())
+    assert {r.image_id: r.outside_source_folder for r in records} == {
+        "images/in.jpg": False, "images/../images/in.jpg": False, "../elsewhere/out.jpg": True,
+        str(tmp_path / "elsewhere" / "abs.jpg"): True,
+    }

@@ -1,11 +1,15 @@
 """Class-per-folder sets, Animals-10 (Italian folders), TFDS classification sets (mocked)."""
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from dual_encoder.evaluation import datasets
+from dual_encoder.data.records import SkipCounter
+from dual_encoder.evaluation import datasets, runs
 
 
 def _touch_images(folder: Path, count: int, suffix: str = ".jpg") -> None:
@@ -156,3 +160,21 @@ def test_symlinked_sub_folders_are_followed_once_and_hidden_files_left_out(tmp_p
     assert found == ["elephant/0.jpg", "elephant/more/0.jpg", "elephant/more/1.jpg"]
     data = datasets.load_classification_dataset("folder", str(root))
     assert len(data.sources) == 3
+
+
+def test_names_that_are_not_utf8_are_left_out_and_named(tmp_path, caplog):
+    """One such file used to end `evaluate.py search --images DIR` in a TypeError from TensorFlow's file layer."""
+    root = tmp_path / "photos"
+    _touch_images(root, 2)
+    raw_root = os.fsencode(root)
+    (Path(os.fsdecode(raw_root + b"/caf\xe9.jpg"))).write_bytes(b"latin-1 name")
+    os.mkdir(raw_root + b"/d\xe9j\xe0")  # a sub-folder too: every path below it has the same problem
+    Path(os.fsdecode(raw_root + b"/d\xe9j\xe0/inside.jpg")).write_bytes(b"x")
+    skipped = SkipCounter()
+    with caplog.at_level(logging.WARNING):
+        found = datasets.images_in(root, skipped)
+    assert [p.name for p in found] == ["0.jpg", "1.jpg"]
+    assert all(tf.io.gfile.exists(str(p)) for p in found)  # every path returned is one TensorFlow can take
+    assert repr(os.fsdecode(b"caf\xe9.jpg")) in caplog.text and repr(os.fsdecode(b"d\xe9j\xe0")) in caplog.text
+    assert "not valid UTF-8" in caplog.text and skipped.as_dict() == {"non_utf8_name": 2}
+    assert runs.list_images(root) == [str(p) for p in found]

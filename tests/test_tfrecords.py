@@ -209,6 +209,17 @@ def test_rerun_keeps_committed_shards_and_repairs_the_rest(tmp_path):
     assert sorted(ids) == sorted(r.image_id for r in records)
 
 
+def test_rerun_on_a_complete_folder_leaves_its_manifest_untouched(tmp_path, monkeypatch):
+    """train.py keys its resume check on the manifest's digest: reusing complete shards must not change it."""
+    from dual_encoder.data import tfrecords
+
+    write(memory_records(3), tmp_path, val_fraction=0)
+    before = (tmp_path / "manifest.json").read_bytes()
+    monkeypatch.setattr(tfrecords, "_now", lambda: "2999-01-01T00:00:00+00:00")  # the rerun finishes later
+    assert write(memory_records(3), tmp_path, val_fraction=0) == json.loads(before)
+    assert (tmp_path / "manifest.json").read_bytes() == before
+
+
 def test_another_configuration_is_refused_unless_overwrite(tmp_path):
     records = memory_records(4)
     write(records, tmp_path, images_per_shard=2)
@@ -256,6 +267,7 @@ def test_cli_killed_mid_shard_resumes_without_duplicates(tmp_path, capsys):
     assert [n for n in left if n.endswith(".stats.json")] == ["train-00000-of-00005.stats.json",
                                                               "train-00001-of-00005.stats.json"]
     assert any(".tmp-" in n for n in left)  # the shard being written when killed
+    assert ".writer.lock" in left  # its lock file stays behind, but a lock dies with its writer
     committed = (out / "train-00000-of-00005.tfrecord").stat().st_mtime_ns
 
     assert main(args) == 0  # the rerun, in this process to save a TensorFlow start-up
@@ -264,7 +276,7 @@ def test_cli_killed_mid_shard_resumes_without_duplicates(tmp_path, capsys):
     assert "(train 9, val 3); skipped: missing_file 1, missing_file_captions 1" in summary
     assert "2 of 7 shards were already complete" in summary
     assert (out / "train-00000-of-00005.tfrecord").stat().st_mtime_ns == committed
-    assert not any(".tmp-" in n for n in files(out))
+    assert not any(".tmp-" in n for n in files(out)) and ".writer.lock" not in files(out)
     manifest = read_manifest(str(out))
     assert (manifest["images_written"], manifest["captions_written"]) == (12, 12)
     assert manifest["skipped"] == {"missing_file": 1, "missing_file_captions": 1}

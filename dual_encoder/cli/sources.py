@@ -62,7 +62,8 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True)
     group.add_argument(
         "--image-template", metavar="T",
         help="with --csv/--jsonl: turns the image column value into a path, e.g. 'images/{}.jpg'. "
-        "Relative paths resolve against the CSV/JSONL file's folder.",
+        "Relative paths resolve against the CSV/JSONL file's folder; images read from outside it (absolute or ../ "
+        "paths) are counted in the summary and manifest.json.",
     )
     group.add_argument("--tfds-data-dir", metavar="DIR", help="with --tfds: where TFDS keeps prepared datasets.")
     group.add_argument(

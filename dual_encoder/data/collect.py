@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from typing import Iterable, Optional, Union
 
 import numpy as np
 import tensorflow as tf
 
-from dual_encoder.data.records import ImageRecord, SkipCounter, clean_caption
+from dual_encoder.data.records import ImageRecord, SkipCounter, clean_caption, is_utf8
 from dual_encoder.errors import DualEncoderError, PathNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -55,23 +56,48 @@ def resolve(base_dir: str, path: str) -> str:
     return os.path.join(base_dir, path)
 
 
+def leaves_folder(path: str) -> bool:
+    """True when `path`, read from a data file, does not stay inside the folder it is resolved
+    against: an absolute path, a URL, or `..` components that climb out (`a/../../b`)."""
+    normal = posixpath.normpath(path)
+    return is_url(path) or os.path.isabs(path) or normal == ".." or normal.startswith("../")
+
+
 class FileIndex:
     """Answers "does this image file exist?" with one directory listing per folder.
 
-    On gs:// a listing is one request where per-image `exists` calls would be thousands.
+    On gs:// a listing is one request where per-image `exists` calls would be thousands. A folder
+    that cannot be listed for another reason than absence (no permission) answers yes, so that
+    reading the file names the real problem instead of calling it missing.
     """
 
     def __init__(self) -> None:
-        self._listings: dict[str, frozenset] = {}
+        self._listings: dict[str, Optional[frozenset]] = {}
 
     def exists(self, path: str) -> bool:
         folder, name = os.path.split(path)
         if folder not in self._listings:
-            try:
-                self._listings[folder] = frozenset(tf.io.gfile.listdir(folder or "."))
-            except tf.errors.NotFoundError:
-                self._listings[folder] = frozenset()
-        return name in self._listings[folder]
+            self._listings[folder] = _listing(folder or ".")
+        listing = self._listings[folder]
+        return listing is None or name in listing
+
+
+def _listing(folder: str) -> Optional[frozenset]:
+    """The names in `folder`; empty when it does not exist (or is a file), None when unknown."""
+    try:
+        return frozenset(tf.io.gfile.listdir(folder))
+    except tf.errors.NotFoundError:
+        return frozenset()
+    except tf.errors.OpError:
+        return None
+
+
+_DROP_WARNINGS = {  # reason -> what the warning calls it
+    "empty_caption": "empty captions",
+    "duplicate_caption": "repeated captions of the same image",
+    "malformed_caption": "captions that are not text (or not valid Unicode)",
+    "malformed_row": "rows whose image id or path is not valid Unicode",
+}
 
 
 class RecordBuilder:
@@ -79,8 +105,11 @@ class RecordBuilder:
 
     Rows naming the same image id are merged: captions are unioned in the order seen, and an
     exact repeat (after whitespace clean-up) is dropped as `duplicate_caption`. The first row's
-    path or image wins. `build()` skips images left with no caption (`no_captions`) and images
-    whose file is missing (`missing_file`, their captions as `missing_file_captions`).
+    path or image wins. A caption that is not text (a number, a dict) or holds text TensorFlow
+    cannot store (lone surrogates) is `malformed_caption`, never stored as "7"; an image id or
+    path of such text makes the row `malformed_row`. `build()` skips images left with no caption
+    (`no_captions`) and images whose file is missing (`missing_file`, their captions as
+    `missing_file_captions`).
     """
 
     def __init__(self, source: str, skipped: SkipCounter, files: Optional[FileIndex] = None) -> None:
@@ -89,7 +118,7 @@ class RecordBuilder:
         self.files = files or FileIndex()
         self._records: dict[str, ImageRecord] = {}
         self._seen: dict[str, set[str]] = {}
-        self._dropped: dict[str, list[str]] = {"empty_caption": [], "duplicate_caption": []}  # where, for the warnings
+        self._dropped: dict[str, list[str]] = {reason: [] for reason in _DROP_WARNINGS}  # where, for the warnings
 
     def add(
         self,
@@ -99,22 +128,34 @@ class RecordBuilder:
         path: Optional[str] = None,
         image: Union[bytes, np.ndarray, None] = None,
         where: str = "",
+        outside_source_folder: bool = False,
     ) -> None:
         """Adds one row: an image and one caption (a string) or several (a list)."""
+        if not is_utf8(image_id) or (path is not None and not is_utf8(path)):
+            self._drop("malformed_row", where or repr(image_id))
+            return
         record = self._records.get(image_id)
         if record is None:
-            record = self._records[image_id] = ImageRecord(image_id, [], self.source, path=path, image=image)
+            record = ImageRecord(image_id, [], self.source, path=path, image=image, outside_source_folder=outside_source_folder)
+            self._records[image_id] = record
             self._seen[image_id] = set()
-        seen = self._seen[image_id]
         for caption in captions if isinstance(captions, (list, tuple)) else [captions]:
-            text = clean_caption(caption)
-            reason = "empty_caption" if not text else "duplicate_caption" if text in seen else None
-            if reason:
-                self.skipped.skip(reason, where or image_id)
-                self._dropped[reason].append(where or image_id)
-            else:
-                seen.add(text)
-                record.captions.append(text)
+            self._add_caption(record, caption, where or image_id)
+
+    def _add_caption(self, record: ImageRecord, caption, where: str) -> None:
+        seen = self._seen[record.image_id]
+        text = clean_caption(caption) if caption is None or isinstance(caption, str) else None
+        if text is None or not is_utf8(text):
+            self._drop("malformed_caption", where)
+        elif not text or text in seen:
+            self._drop("empty_caption" if not text else "duplicate_caption", where)
+        else:
+            seen.add(text)
+            record.captions.append(text)
+
+    def _drop(self, reason: str, where: str) -> None:
+        self.skipped.skip(reason, where)
+        self._dropped[reason].append(where)
 
     def build(self, where: str = "") -> list[ImageRecord]:
         """The records to write; `where` (e.g. the caption file) prefixes the skip warnings."""
@@ -129,8 +170,8 @@ class RecordBuilder:
             else:
                 records.append(record)
         where = where or self.source
-        warn_skips(logger, f"{where}: empty captions, skipped", self._dropped["empty_caption"])
-        warn_skips(logger, f"{where}: repeated captions of the same image, skipped", self._dropped["duplicate_caption"])
+        for reason, what in _DROP_WARNINGS.items():
+            warn_skips(logger, f"{where}: {what}, skipped", self._dropped[reason])
         warn_skips(logger, f"{where}: images with no caption left, skipped", uncaptioned)
         warn_skips(logger, f"{where}: images missing on disk, skipped", missing)
         return records

@@ -22,6 +22,8 @@ class ImageRecord:
 
     Exactly one of `path` (a file to read, local or any `tf.io.gfile` URL) and `image`
     (encoded bytes or an HxWxC uint8 array, for generated or TFDS images) is set.
+    `outside_source_folder` marks a path a caption file gave as absolute or climbing out with
+    `..`: allowed for CSV/JSONL, but counted in the manifest so that the user sees it.
     """
 
     image_id: str
@@ -29,13 +31,16 @@ class ImageRecord:
     source: str
     path: Optional[str] = None
     image: Optional[Union[bytes, np.ndarray]] = None
+    outside_source_folder: bool = False
 
 
 class SkipCounter(collections.Counter):
     """Counts skipped items by reason so that no data is lost silently.
 
-    Reasons used across the project: missing_file, undecodable, empty_caption, no_captions,
-    duplicate_caption.
+    Reasons used across the project: images: missing_file, not_a_file, unreadable, undecodable,
+    unsupported_image, no_captions, outside_image_dir, duplicate_image_id; captions: empty_caption,
+    duplicate_caption, malformed_caption, `<image reason>_captions` (lost with a skipped image);
+    rows: malformed_row, orphan_caption; folder listings (evaluation): non_utf8_name.
     """
 
     def skip(self, reason: str, what: str = "", count: int = 1) -> None:
@@ -45,6 +50,16 @@ class SkipCounter(collections.Counter):
 
     def as_dict(self) -> dict[str, int]:
         return {k: int(v) for k, v in sorted(self.items()) if v}
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates (a JSON escape such as "\\udc80", a file name
+    that was not UTF-8 on disk): TensorFlow and the shards cannot store it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def clean_caption(text) -> str:

@@ -6,12 +6,15 @@ image id is the image column's value as written (e.g. `1608` in Fashion's styles
 
 Image paths: `image_template` (e.g. `images/{}.jpg`) maps the column value to a path; relative
 paths resolve against the folder of the CSV/JSONL file; absolute paths and URLs (gs://) stay.
+Paths that leave that folder (absolute, or `../` climbing out) are allowed, but each record is
+marked `outside_source_folder` and the writer reports how many images came from outside.
 
 Bad input: a row with the wrong number of fields (an unquoted comma in a real styles.csv), a
-JSONL line that is not a JSON object, a row without an image value, or a CSV field that runs
-over several lines (an unclosed quote swallows the rows after it) is skipped, counted
-`malformed_row` and named (file and line) in a warning. Text that is not UTF-8 and missing columns
-are errors (`SourceFormatError`), since no row of such a file can be trusted.
+JSONL line that is not a JSON object, a row without an image value, a JSONL value of the wrong
+type (a caption that is a number, an image that is a list), or a CSV field that runs over several
+lines (an unclosed quote swallows the rows after it) is skipped, counted `malformed_row` and named
+(file and line) in a warning. Text that is not UTF-8 and a column no row has are errors
+(`SourceFormatError`), since no row of such a file can be trusted.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Iterator, Optional
 
 import tensorflow as tf
 
-from dual_encoder.data.collect import RecordBuilder, SourceFormatError, require_file, resolve, warn_skips
+from dual_encoder.data.collect import RecordBuilder, SourceFormatError, leaves_folder, require_file, resolve, warn_skips
 from dual_encoder.data.records import ImageRecord, SkipCounter
 
 logger = logging.getLogger(__name__)
@@ -76,34 +79,54 @@ def jsonl_records(
     *,
     skipped: SkipCounter,
 ) -> list[ImageRecord]:
-    """Reads one JSON object per line; the caption value may be a string or a list of strings."""
+    """Reads one JSON object per line; the caption value may be a string or a list of strings.
+
+    Columns are judged by the rows: a line without the image or caption key is one malformed row,
+    and only a key that no object in the file has is an error (naming the keys the file does have).
+    """
     table = _Table(path, image_template, skipped)
-    checked = False
+    keys: dict[str, None] = {}  # every key seen, in first-seen order, for the error message
     for line_no, text in enumerate(_utf8_lines(path), start=1):
-        if not text.strip():
+        row = _json_object(table, line_no, text)
+        if row is None:
             continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            table.malformed(line_no, f"invalid JSON ({e.msg})")
-            continue
-        if not isinstance(row, dict):
-            table.malformed(line_no, f"a JSON {type(row).__name__}, not an object")
-            continue
-        if not checked:  # the first object stands for the file's columns
-            _column_index(path, list(row), image_column, "image")
-            _column_index(path, list(row), caption_column, "caption")
-            checked = True
+        keys.update(dict.fromkeys(row))
         if image_column not in row or caption_column not in row:
             table.malformed(line_no, f"no {image_column!r} or {caption_column!r} key")
-            continue
-        captions = row[caption_column]
-        if not (captions is None or isinstance(captions, str) or
-                (isinstance(captions, list) and all(isinstance(c, str) for c in captions))):
-            table.malformed(line_no, f"{caption_column!r} is {json.dumps(captions)[:40]}, not text or a list of texts")
-            continue
-        table.add(line_no, row[image_column], captions)
+        elif not _is_image_value(row[image_column]):
+            table.malformed(line_no, f"{image_column!r} is {json.dumps(row[image_column])[:40]}, not a path or an id")
+        elif not _is_caption_value(row[caption_column]):
+            table.malformed(line_no, f"{caption_column!r} is {json.dumps(row[caption_column])[:40]}, not text or a list of texts")
+        else:
+            table.add(line_no, row[image_column], row[caption_column])
+    if keys:  # some objects were read: a column none of them has is the user's flag, not one bad row
+        _column_index(path, list(keys), image_column, "image")
+        _column_index(path, list(keys), caption_column, "caption")
     return table.records()
+
+
+def _json_object(table: "_Table", line_no: int, text: str) -> Optional[dict]:
+    """The JSON object on one line, or None (blank lines; anything else is counted malformed)."""
+    if not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        table.malformed(line_no, f"invalid JSON ({e.msg})")
+        return None
+    if not isinstance(row, dict):
+        table.malformed(line_no, f"a JSON {type(row).__name__}, not an object")
+        return None
+    return row
+
+
+def _is_image_value(value) -> bool:
+    """A path or an id: text or an integer (`{"id": 7}`), never a list, a dict, a bool or null."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _is_caption_value(value) -> bool:
+    return value is None or isinstance(value, str) or (isinstance(value, list) and all(isinstance(c, str) for c in value))
 
 
 class _Table:
@@ -134,7 +157,8 @@ class _Table:
             self.malformed(line_no, "empty image value")
             return
         path = self.template.format(image_id) if self.template else image_id
-        self.builder.add(image_id, captions, path=resolve(self.folder, path), where=f"{self.path}:{line_no}")
+        self.builder.add(image_id, captions, path=resolve(self.folder, path), where=f"{self.path}:{line_no}",
+                         outside_source_folder=leaves_folder(path))
 
     def records(self) -> list[ImageRecord]:
         warn_skips(logger, f"{self.path}: malformed rows skipped", self.bad)

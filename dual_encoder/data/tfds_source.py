@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from dual_encoder.data.collect import RecordBuilder, skip_image
-from dual_encoder.data.images import UndecodableImageError, to_rgb_jpeg
+from dual_encoder.data.images import SkippedImageError, to_rgb_jpeg
 from dual_encoder.data.records import ImageRecord, SkipCounter
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 
@@ -68,9 +68,9 @@ def tfds_records(
         where = f"{name}/{split} image {image_id}"
         try:
             jpeg, _, _ = to_rgb_jpeg(example["image"], name=where)
-        except UndecodableImageError as e:
-            logger.warning("skipped: %s", e)
-            skip_image(skipped, "undecodable", str(e), len(captions))
+        except SkippedImageError as e:
+            logger.warning("skipped (%s): %s", e.reason, e)
+            skip_image(skipped, e.reason, str(e), len(captions))
             continue
         builder_records.add(image_id, captions, image=jpeg, where=where)
     return builder_records.build(where=f"tfds:{name}/{split}")

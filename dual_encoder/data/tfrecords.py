@@ -15,18 +15,26 @@ written. A rerun after a crash or `kill -9` keeps shards whose sidecar exists, r
 rest and deletes stale temporary files, so the result has no duplicates and exact totals.
 A folder started with another configuration (val_fraction, seed, images_per_shard, max_side,
 source, or different records) is an error naming what differs; `overwrite=True` deletes the
-files this writer names (never other files) and starts again. One writer per folder at a time.
+files this writer names (never other files) and starts again. One writer per folder at a time:
+the folder is locked for the whole write (folder_lock.py), and a second writer is refused at once.
 All file operations go through `tf.io.gfile`, so DIR may be gs:// or hdfs://.
 
-Skip counts in the manifest count images for `missing_file`, `undecodable` and `no_captions`,
-captions for `empty_caption`, `duplicate_caption` and `<reason>_captions` (captions lost with
-skipped images), and rows for `malformed_row`.
+Skip counts in the manifest count images (`missing_file`, `not_a_file`, `unreadable`,
+`undecodable`, `unsupported_image`, `no_captions`, `outside_image_dir`, `duplicate_image_id`),
+captions (`empty_caption`, `duplicate_caption`, `malformed_caption`, and `<reason>_captions` for
+captions lost with skipped images) and rows (`malformed_row`, `orphan_caption`). Images a caption
+file named outside its own folder are counted in `images_outside_source_folder`.
+
+Writing nothing is a failure, not an empty folder: when every image is skipped the writer removes
+what it wrote and raises `NothingWrittenError`, and `list_shards` refuses a split the manifest
+says holds 0 images, so training never starts on an empty dataset.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -43,8 +51,9 @@ from tqdm import tqdm
 from dual_encoder import files
 from dual_encoder.config import IMAGES_PER_SHARD, SPLIT_SEED, VAL_FRACTION
 from dual_encoder.data import schema
-from dual_encoder.data.collect import skip_image, warn_skips
-from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
+from dual_encoder.data.collect import is_url, skip_image, warn_skips
+from dual_encoder.data.folder_lock import folder_lock
+from dual_encoder.data.images import SkippedImageError, read_bytes, to_rgb_jpeg
 from dual_encoder.data.records import ImageRecord, SkipCounter
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 
@@ -65,7 +74,11 @@ class ConfigMismatchError(DualEncoderError, ValueError):
 
 
 class NoShardsError(DualEncoderError, ValueError):
-    """A folder holds no finished shards for the requested split."""
+    """A folder holds no finished shards (or no image) for the requested split."""
+
+
+class NothingWrittenError(DualEncoderError, ValueError):
+    """Every image was skipped; the message says why, by reason."""
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -98,7 +111,7 @@ def write_shards(
     `skipped` holds what the source already skipped; it is added to the manifest, not changed.
     """
     records = list(records)
-    _check_arguments(records, val_fraction, images_per_shard, max_side)
+    _check_arguments(records, skipped, val_fraction, images_per_shard, max_side)
     splits = split_by_image(records, val_fraction, seed)
     if not splits["train"]:
         raise InvalidArgumentError(f"val_fraction {val_fraction} leaves no training image out of {len(records)}")
@@ -111,39 +124,91 @@ def write_shards(
         "images": len(records),
         "records_sha256": _records_digest(records),
     }
-    plan = _start(out_dir, config, overwrite)
     shards = []
     for split in SPLITS:
         chunks = _chunks(splits[split], images_per_shard)
         shards += [(split, shard_name(split, i, len(chunks)), chunk) for i, chunk in enumerate(chunks)]
-    stats, resumed = {}, 0
-    encode = functools.partial(_encode, max_side=max_side)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, tqdm(
-        total=len(records), unit="img", desc="writing shards", disable=not progress
-    ) as bar:
-        for split, name, chunk in shards:
-            stats[name] = _committed_stats(out_dir, name, plan["fingerprint"])
-            if stats[name] is not None:
-                resumed += 1
-            else:
-                stats[name] = _write_shard(out_dir, split, name, chunk, pool.map(encode, chunk), plan["fingerprint"])
-            bar.update(len(chunk))
-    manifest = _manifest(plan, config, stats, skipped)
-    files.write_json(os.path.join(out_dir, MANIFEST), manifest)
+    created = not tf.io.gfile.isdir(out_dir)
+    tf.io.gfile.makedirs(out_dir)
+    try:
+        with folder_lock(out_dir):
+            plan = _start(out_dir, config, overwrite)
+            stats, resumed = _write_all(out_dir, shards, plan["fingerprint"], max_side, progress)
+            manifest = _manifest(plan, config, stats, skipped)
+            _check_written(out_dir, manifest)
+            manifest = _commit_manifest(out_dir, manifest)
+    except NothingWrittenError:
+        if created:
+            _remove_empty_folder(out_dir)
+        raise
     if progress:
         note = f"; {resumed} of {len(shards)} shards were already complete" if resumed else ""
         print(summary_line(manifest, out_dir) + note)
     return manifest
 
 
+def _write_all(out_dir: str, shards: list, fingerprint: str, max_side: Optional[int], progress: bool) -> tuple[dict, int]:
+    """Writes every shard not committed by an earlier run; returns ({shard name: stats}, shards resumed)."""
+    stats, resumed = {}, 0
+    encode = functools.partial(_encode, max_side=max_side)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, tqdm(
+        total=sum(len(chunk) for _, _, chunk in shards), unit="img", desc="writing shards", disable=not progress
+    ) as bar:
+        for split, name, chunk in shards:
+            stats[name] = _committed_stats(out_dir, name, fingerprint)
+            if stats[name] is not None:
+                resumed += 1
+            else:
+                stats[name] = _write_shard(out_dir, split, name, chunk, pool.map(encode, chunk), fingerprint)
+            bar.update(len(chunk))
+    return stats, resumed
+
+
+def _check_written(out_dir: str, manifest: dict) -> None:
+    """A run that wrote no image removes its files and fails: an empty folder would pass for data."""
+    if manifest["images_written"]:
+        return
+    _remove(out_dir, [n for n in tf.io.gfile.listdir(out_dir) if _OWN_FILE.match(n)])
+    raise NothingWrittenError(f"no image could be written to {out_dir}: every one was skipped "
+                              f"({_skip_list(manifest['skipped'])}); see the warnings above")
+
+
+def _commit_manifest(out_dir: str, manifest: dict) -> dict:
+    """Writes the manifest, unless the folder already holds this one (a rerun on a complete folder):
+    then the old one stays, so that readers keyed on its digest (train.py's resume check) see no change."""
+    path = os.path.join(out_dir, MANIFEST)
+    if tf.io.gfile.exists(path):
+        with contextlib.suppress(ValueError), tf.io.gfile.GFile(path, "r") as f:
+            old = json.load(f)
+            if {k: v for k, v in old.items() if k != "finished"} == {k: v for k, v in manifest.items() if k != "finished"}:
+                return old
+    files.write_json(path, manifest)
+    return manifest
+
+
+def _remove_empty_folder(out_dir: str) -> None:
+    """Removes a folder this run created, only if nothing else was put there meanwhile."""
+    if is_url(out_dir):
+        if not tf.io.gfile.listdir(out_dir):
+            tf.io.gfile.rmtree(out_dir)
+    else:
+        with contextlib.suppress(OSError):
+            os.rmdir(out_dir)  # refuses a folder that is not empty
+
+
+def _skip_list(skipped: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in skipped.items()) or "nothing"
+
+
 def summary_line(manifest: dict, out_dir: str) -> str:
     """E.g. `wrote 159 images / 795 captions in 1 shard to DIR (train 127, val 32); skipped: ...`."""
     splits = ", ".join(f"{s} {info['images']}" for s, info in manifest["splits"].items())
-    skipped = ", ".join(f"{k} {v}" for k, v in manifest["skipped"].items()) or "nothing"
     plural = "" if manifest["shards"] == 1 else "s"
+    outside = manifest.get("images_outside_source_folder", 0)
+    outside = f"; {outside} of them from outside the caption file's folder (absolute or ../ paths)" if outside else ""
     return (
         f"wrote {manifest['images_written']} images / {manifest['captions_written']} captions in "
-        f"{manifest['shards']} shard{plural} to {out_dir} ({splits}); skipped: {skipped}"
+        f"{manifest['shards']} shard{plural} to {out_dir} ({splits}){outside}; skipped: {_skip_list(manifest['skipped'])}"
     )
 
 
@@ -167,11 +232,15 @@ def list_shards(dirs: Union[str, Iterable[str]], split: str) -> list[str]:
         raise NoShardsError("no shard folder given")
     paths = []
     for directory in dirs:
-        splits = read_manifest(directory).get("splits", {})
+        manifest = read_manifest(directory)
+        splits = manifest.get("splits", {})
         names = splits.get(split, {}).get("shards", [])
         if not names:
             have = ", ".join(s for s, info in splits.items() if info.get("shards")) or "none"
             raise NoShardsError(f"{directory}: no {split!r} shards (splits with shards: {have})")
+        if splits[split].get("images") == 0:
+            raise NoShardsError(f"{directory}: {MANIFEST} says split {split!r} holds 0 images (skipped when written: "
+                                f"{_skip_list(manifest.get('skipped', {}))}); write the shards again from usable images")
         for name in names:
             path = os.path.join(directory, name)
             if not tf.io.gfile.exists(path):
@@ -180,9 +249,10 @@ def list_shards(dirs: Union[str, Iterable[str]], split: str) -> list[str]:
     return paths
 
 
-def _check_arguments(records, val_fraction, images_per_shard, max_side) -> None:
+def _check_arguments(records, skipped, val_fraction, images_per_shard, max_side) -> None:
     if not records:
-        raise InvalidArgumentError("no images to write: the source yielded no usable image (see the skip warnings)")
+        raise NothingWrittenError(f"no images to write: the source yielded no usable image (skipped: "
+                                  f"{_skip_list(SkipCounter(skipped).as_dict())}; see the warnings above)")
     if not 0 <= val_fraction < 1:
         raise InvalidArgumentError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if images_per_shard < 1:
@@ -210,7 +280,6 @@ def _chunks(items: list, size: int) -> list[list]:
 
 def _start(out_dir: str, config: dict, overwrite: bool) -> dict:
     """Creates or checks plan.json and removes stale temporary files; returns the plan."""
-    tf.io.gfile.makedirs(out_dir)
     fingerprint = files.json_digest(config)
     plan_path = os.path.join(out_dir, PLAN)
     own = [n for n in tf.io.gfile.listdir(out_dir) if _OWN_FILE.match(n)]
@@ -261,11 +330,11 @@ def _committed_stats(out_dir: str, name: str, fingerprint: str) -> Optional[dict
 
 
 def _encode(record: ImageRecord, max_side: Optional[int]):
-    """One serialized Example, or the exception that makes the image a counted skip."""
+    """One serialized Example, or the exception that makes the image a counted skip (its `reason`)."""
     try:
         data = record.image if record.image is not None else read_bytes(record.path)
         jpeg, height, width = to_rgb_jpeg(data, max_side=max_side, name=record.path or record.image_id)
-    except (MissingImageError, UndecodableImageError) as e:
+    except SkippedImageError as e:
         return e
     return schema.make_example(record.image_id, jpeg, record.captions, record.source, height, width)
 
@@ -273,23 +342,24 @@ def _encode(record: ImageRecord, max_side: Optional[int]):
 def _write_shard(out_dir, split, name, chunk, encoded, fingerprint) -> dict:
     """Writes to a temporary name, renames, then commits with the sidecar."""
     skipped, problems = SkipCounter(), []
-    images = captions = 0
+    images = captions = outside = 0
     with files.writing(os.path.join(out_dir, name)) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         for record, example in zip(chunk, encoded):
-            if isinstance(example, Exception):
-                reason = "missing_file" if isinstance(example, MissingImageError) else "undecodable"
-                skip_image(skipped, reason, str(example), len(record.captions))
-                problems.append(str(example))
+            if isinstance(example, SkippedImageError):
+                skip_image(skipped, example.reason, str(example), len(record.captions))
+                problems.append(f"{example} ({example.reason})")
                 continue
             writer.write(example)
             images += 1
             captions += len(record.captions)
+            outside += record.outside_source_folder
     warn_skips(logger, f"{name}: images skipped", problems)
     stats = {
         "shard": name,
         "split": split,
         "images": images,
         "captions": captions,
+        "images_outside_source_folder": outside,
         "skipped": skipped.as_dict(),
         "fingerprint": fingerprint,
     }
@@ -309,6 +379,7 @@ def _manifest(plan: dict, config: dict, stats: dict[str, dict], source_skipped: 
     return {
         "images_written": sum(s["images"] for s in splits.values()),
         "captions_written": sum(s["captions"] for s in splits.values()),
+        "images_outside_source_folder": sum(s.get("images_outside_source_folder", 0) for s in stats.values()),
         "shards": len(stats),
         "split": {"by": "image", "val_fraction": config["val_fraction"], "seed": config["seed"]},
         "splits": splits,

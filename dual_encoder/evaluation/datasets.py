@@ -13,13 +13,17 @@ our own and is tested against the folder list.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
+from dual_encoder.data.records import is_utf8
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -77,19 +81,41 @@ def _layout_error(problem: str, layout: str) -> DataLayoutError:
     return DataLayoutError(f"{problem}\nExpected layout:\n{layout}")
 
 
-def images_in(folder: Union[str, Path]) -> list[Path]:
+def images_in(folder: Union[str, Path], skipped=None) -> list[Path]:
     """Image files in `folder` and below, sorted. Symlinked sub-folders are followed (each real
-    folder once, so a link loop ends); hidden files and folders (.DS_Store, .git) are left out."""
+    folder once, so a link loop ends); hidden files and folders (.DS_Store, .git) are left out.
+
+    A name that is not valid UTF-8 on disk cannot reach TensorFlow's file layer (it raises a
+    TypeError deep inside), so such files and sub-folders are left out and named in a warning,
+    and counted as `non_utf8_name` in `skipped` (a SkipCounter) when one is given; a sub-folder
+    that cannot be listed is warned about too, never dropped without a word.
+    """
     found, visited = [], set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=_warn_unlisted):
         real = os.path.realpath(root)
         if real in visited:
             dirs[:] = []
             continue
         visited.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+        dirs[:] = _utf8_names(root, [d for d in dirs if not d.startswith(".")], "sub-folders", skipped)
+        files = [f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+        found += [Path(root) / f for f in _utf8_names(root, files, "images", skipped)]
     return sorted(p for p in found if p.is_file())
+
+
+def _utf8_names(root: str, names: list[str], what: str, skipped) -> list[str]:
+    """`names` in `root` without those whose path is not valid UTF-8 (Python keeps such bytes as lone surrogates)."""
+    bad = [n for n in names if not is_utf8(os.path.join(root, n))]
+    if bad:
+        logger.warning("%r: %d %s whose name is not valid UTF-8 left out (rename them to use them): %s",
+                       root, len(bad), what, ", ".join(repr(n) for n in bad))
+        if skipped is not None:
+            skipped.skip("non_utf8_name", count=len(bad))
+    return [n for n in names if n not in bad]
+
+
+def _warn_unlisted(error: OSError) -> None:
+    logger.warning("%r: cannot list this folder, its images are left out (%s)", error.filename, error.strerror or error)
 
 
 def load_class_folders(
