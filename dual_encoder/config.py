@@ -1,13 +1,19 @@
 """Run configuration: dataclasses and named presets, shared by every stage (imports none of them).
 
-Every training knob lives here once, with its help text; the command-line layer
-(`cli/flags.py`) turns the fields into flags, so `--help` and the presets can never disagree.
+Every training knob lives here once, with its help text and the values it accepts; the
+command-line layer (`cli/flags.py`) turns the fields into flags, so `--help`, the presets and
+the checks can never disagree. Each field is checked whenever it is set (at construction, by
+`apply_overrides`, or later in a notebook: `run.train.epochs = 0` raises at once), so a bad value
+is refused with the flag's name and range instead of surfacing later inside TensorFlow;
+`validate()` adds the checks that span fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -17,14 +23,169 @@ from dual_encoder.errors import InvalidArgumentError
 # that every tool writes the same split of the same source.
 VAL_FRACTION, SPLIT_SEED, IMAGES_PER_SHARD = 0.2, 0, 2000
 LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP: temperature 0.07
+LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps the scale at 100; the model clips the learned log scale to [0, this]
+
+# --- what values are accepted ------------------------------------------------------------
+INT32_MAX = 2**31 - 1  # TensorFlow takes counts, sizes and shapes as int32
+SEED_MAX = 2**32 - 1  # numpy's seed range (keras.utils.set_random_seed seeds numpy too)
+# An 8192 x 8192 RGB float32 image is 805 MB before the tower's first layer: one such image fills
+# a GPU, and no published image tower runs at even a quarter of that side.
+MAX_IMAGE_SIDE = 8192
+# Position embeddings of this many tokens; the longest published text towers (jina-clip) stop here.
+MAX_SEQUENCE_LENGTH = 8192
+# A head's weights are tower width x this: CLIP's widest embedding is 1024; 65536 from a 768-wide tower is 200 MB.
+MAX_EMBEDDING_DIM = 65536
+MIN_SEQUENCE_LENGTH = 3  # the start and end markers plus one real token
+MIN_VOCABULARY_SIZE = 6  # the tiny tower's 5 special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) plus one word
+# Keras dtype policies that train: float dtypes and their mixed variants (no quantized ones).
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16", "float16", "bfloat16", "float64")
+MAX_LR_TIMES_DECAY = 1.0  # AdamW removes lr x wd of each weight per step: at 1 every matrix is zeroed, above it flips
 
 
-def _field(default, help: str, **metadata):
-    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+def flag_name(field_name: str) -> str:
+    """The command-line flag of a config field: batch_size -> --batch-size."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) and not float(value).is_integer() else str(int(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The values one numeric setting accepts, written once beside it: checked on every
+    assignment, quoted by the error and shown by --help.
+
+    `integer`: an int (bool refused, numpy integers converted); otherwise any finite real number.
+    `optional`: None is accepted too (the setting is then chosen elsewhere, e.g. from the tower).
+    """
+
+    low: float
+    high: float = INT32_MAX
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = True
+    optional: bool = False
+
+    def interval(self) -> str:
+        """'[1, 2147483647]', '[0, 1)', '(0, 1]': the range in the usual notation."""
+        return f"{'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}{')' if self.high_open else ']'}"
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        return f"{'unset (None) or ' if self.optional else ''}{kind} in {self.interval()}"
+
+    def problem(self, value) -> Optional[str]:
+        """Why `value` is refused ("must be an integer in [1, 8192], got 0"), or None when accepted."""
+        if value is None and self.optional:
+            return None
+        right_type = isinstance(value, numbers.Integral if self.integer else numbers.Real) and not isinstance(value, bool)
+        if not right_type:
+            return f"must be {self.describe()}, got {value!r} (a {type(value).__name__})"
+        if not self._contains(self.plain(value)):
+            return f"must be {self.describe()}, got {self.plain(value)!r}"
+        return None
+
+    def plain(self, value):
+        """`value` as stored: a Python int or float (numpy scalars converted), None kept."""
+        return None if value is None else int(value) if self.integer else float(value)
+
+    def _contains(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def check(self, value, name: str):
+        """`value` as a plain int or float (None where optional); InvalidArgumentError naming `name` otherwise."""
+        problem = self.problem(value)
+        if problem:
+            raise InvalidArgumentError(f"{name} {problem}")
+        return self.plain(value)
+
+
+COUNT = Bounds(1)  # anything counted: epochs, images per shard, batch sizes of evaluation
+PATIENCE = Bounds(0)  # epochs to wait; 0 acts on the first epoch without improvement
+SEED = Bounds(0, SEED_MAX)
+FRACTION = Bounds(0, 1, high_open=True, integer=False)  # a share held out or dropped; all of it cannot work
+IMAGE_SIDE = Bounds(1, MAX_IMAGE_SIDE)
+
+
+def _field(default, help: str, bounds: Optional[Bounds] = None, **metadata):
+    metadata = {"help": help, **metadata, **({"bounds": bounds} if bounds else {})}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_kind(field: dataclasses.Field) -> tuple[type, bool]:
+    """(int, float, str or bool; whether None is accepted) from the annotation, e.g. 'Optional[int]'."""
+    text = str(field.type)
+    optional = text.startswith("Optional[")
+    name = text.removeprefix("Optional[").rstrip("]")
+    return {"int": int, "float": float, "bool": bool, "str": str}[name], optional
+
+
+def field_bounds(field: dataclasses.Field) -> Optional[Bounds]:
+    """The field's Bounds with its kind (integer or not, optional or not) taken from its annotation."""
+    bounds = field.metadata.get("bounds")
+    if bounds is None:
+        return None
+    kind, optional = field_kind(field)
+    return dataclasses.replace(bounds, integer=kind is int, optional=optional)
+
+
+def bounds_of(cls: type, name: str) -> Optional[Bounds]:
+    """The range of one field by name, e.g. bounds_of(DataConfig, "split_seed"), for flags that share it."""
+    return field_bounds(cls.__dataclass_fields__[name])
+
+
+def field_problem(field: dataclasses.Field, value) -> tuple[Optional[str], object]:
+    """(why `value` cannot be this field's value or None, the value as stored: plain int/float/str)."""
+    bounds = field_bounds(field)
+    if bounds is not None:
+        problem = bounds.problem(value)
+        return problem, value if problem else bounds.plain(value)
+    kind, optional = field_kind(field)
+    if value is None and optional:
+        return None, None
+    if kind is bool:  # a string such as "no" would otherwise read as True
+        return None if isinstance(value, bool) else f"must be True or False, got {value!r}", value
+    value = os.fspath(value) if isinstance(value, os.PathLike) else value  # a Path names a tower folder as well as a str
+    return _text_problem(value, field.metadata.get("choices"), optional), value
+
+
+def _text_problem(value, choices: Optional[tuple], optional: bool) -> Optional[str]:
+    if not isinstance(value, str) or not value:
+        return f"must be {'unset (None) or ' if optional else ''}a non-empty string, got {value!r}"
+    if choices and value not in choices:
+        return f"must be one of {', '.join(choices)}, got {value!r}"
+    return None
+
+
+class _Checked:
+    """Checks every field whenever it is set: at construction and on any later assignment."""
+
+    def __setattr__(self, name: str, value) -> None:
+        field = self.__dataclass_fields__.get(name)
+        if field is not None:
+            problem, value = field_problem(field, value)
+            if problem:
+                raise InvalidArgumentError(f"{flag_name(name)} ({type(self).__name__}.{name}) {problem}")
+        object.__setattr__(self, name, value)
+
+    def validate(self) -> "_Checked":
+        """Checks every field again (values written past `__setattr__`) and the rules between fields; returns self."""
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name))
+        self._check_together()
+        return self
+
+    def _check_together(self) -> None:
+        """Rules that span several fields; checked by validate() only, so fields can be set in any order."""
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(_Checked):
     image_encoder: str = _field("xception", "image tower: a name (xception, resnet50, efficientnetb0, a keras-hub preset, tiny) "
                                             "or a local keras-hub preset directory")
     text_encoder: str = _field("bert_base_en_uncased", "text tower: a keras-hub preset name (bert_base_en_uncased, "
@@ -33,66 +194,105 @@ class ModelConfig:
     pretrained: bool = _field(True, "load pretrained tower weights (--no-pretrained: random initialisation, nothing to download)")
     image_weights: Optional[str] = _field(None, "a local weights file for a keras.applications image tower, instead of "
                                                 "downloading ImageNet weights")
-    image_size: Optional[int] = _field(None, "image side in pixels (default: the image tower's own)")
+    image_size: Optional[int] = _field(None, "image side in pixels (default: the image tower's own)", IMAGE_SIDE)
     sequence_length: Optional[int] = _field(None, "caption length in tokens (default: chosen from the data, the 99th percentile "
-                                                  "of token counts)")
-    vocabulary_size: int = _field(1000, "WordPiece vocabulary size of the tiny text tower (built from the training captions)")
-    projection_dim: int = _field(256, "size of the shared embedding space")
+                                                  "of token counts)", Bounds(MIN_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH))
+    vocabulary_size: int = _field(1000, "WordPiece vocabulary size of the tiny text tower (built from the training captions)",
+                                  Bounds(MIN_VOCABULARY_SIZE))
+    projection_dim: int = _field(256, "size of the shared embedding space", Bounds(1, MAX_EMBEDDING_DIM))
     head: str = _field("mlp", "projection head: mlp (Dense-GELU-Dense-Dropout-residual-LayerNorm, the reference) or "
                               "linear", choices=("mlp", "linear"))
-    dropout: float = _field(0.1, "dropout in the projection heads")
-    logit_scale: float = _field(LOGIT_SCALE_INIT, "initial log logit scale (log(1/0.07) as in CLIP)")
+    dropout: float = _field(0.1, "dropout in the projection heads", FRACTION)
+    logit_scale: float = _field(LOGIT_SCALE_INIT, "initial log logit scale (log(1/0.07) as in CLIP; the model keeps it "
+                                                  "within [0, log 100])", Bounds(0, LOGIT_SCALE_MAX))
     learn_temperature: bool = _field(True, "learn the temperature (--no-learn-temperature keeps --logit-scale fixed)")
     loss: str = _field("infonce", "contrastive loss: infonce (symmetric CLIP loss), soft_target (Keras example), "
                                   "siglip", choices=("infonce", "soft_target", "siglip"))
     train_image_tower: bool = _field(False, "fine-tune the image tower (frozen by default, as in the reference recipe)")
     train_text_tower: bool = _field(False, "fine-tune the text tower (frozen by default)")
-    trainable_layers: Optional[int] = _field(None, "when fine-tuning a tower, train only its last N layers")
+    trainable_layers: Optional[int] = _field(None, "when fine-tuning a tower, train only its last N layers "
+                                                   "(0: none of them)", PATIENCE)
     class_prior: bool = _field(False, "ConSE class prior: map each image also to the text features of the top ImageNet classes "
                                       "its own pretrained classifier predicts, so zero-shot reaches concepts the captions never "
                                       "name (needs a keras-hub image preset with its ImageNet head)")
-    class_prior_top_k: int = _field(10, "classes averaged by the class prior, weighted by their softmax probability")
+    class_prior_top_k: int = _field(10, "classes averaged by the class prior, weighted by their softmax probability "
+                                        "(at most the classifier's class count)", COUNT)
+
+    def _check_together(self) -> None:
+        if self.trainable_layers is not None and not (self.train_image_tower or self.train_text_tower):
+            raise InvalidArgumentError(f"--trainable-layers {self.trainable_layers} needs --train-image-tower and/or "
+                                       "--train-text-tower: both towers are frozen, so it would change nothing")
 
 
 @dataclasses.dataclass
-class DataConfig:
-    captions_per_image: int = _field(3, "(image, caption) pairs per image and epoch, captions sampled without replacement")
+class DataConfig(_Checked):
+    captions_per_image: int = _field(3, "(image, caption) pairs per image and epoch, captions sampled without replacement",
+                                     COUNT)
     val_fraction: float = _field(VAL_FRACTION, "fraction of images (never captions) held out for validation when "
-                                                         "writing shards")
+                                                         "writing shards", FRACTION)
     split_seed: int = _field(SPLIT_SEED, "seed of that train/val split by image (python -m dual_encoder.data --seed "
-                                                   "has the same default, so both tools write the same split)")
-    images_per_shard: int = _field(IMAGES_PER_SHARD, "images per TFRecord shard when writing shards")
-    max_side: Optional[int] = _field(None, "re-encode images whose longer side exceeds N pixels when writing shards")
-    shuffle_buffer: int = _field(10_000, "pairs in the shuffle buffer")
+                                                   "has the same default, so both tools write the same split)", SEED)
+    images_per_shard: int = _field(IMAGES_PER_SHARD, "images per TFRecord shard when writing shards", COUNT)
+    max_side: Optional[int] = _field(None, "re-encode images whose longer side exceeds N pixels when writing shards", COUNT)
+    shuffle_buffer: int = _field(10_000, "pairs in the shuffle buffer", COUNT)
     cache: bool = _field(False, "keep parsed shards in memory after the first epoch")
     feature_cache: bool = _field(True, "with both towers frozen, compute their features once, store them next to the shards and "
                                        "train the heads on them (--no-feature-cache: recompute every epoch)")
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    batch_size: int = _field(256, "global batch size (pairs); every other pair in the batch is a negative")
-    epochs: int = _field(8, "maximum number of epochs")
-    learning_rate: float = _field(1e-3, "AdamW learning rate")
-    weight_decay: float = _field(1e-3, "AdamW weight decay (never applied to the temperature, biases or norms)")
-    early_stopping_patience: int = _field(5, "stop after N epochs without val_loss improvement (best weights restored)")
+class TrainConfig(_Checked):
+    batch_size: int = _field(256, "global batch size (pairs); every other pair in the batch is a negative "
+                                  "(so at least 2)", Bounds(2))
+    epochs: int = _field(8, "maximum number of epochs", COUNT)
+    learning_rate: float = _field(1e-3, "AdamW learning rate (an AdamW step moves each weight by about this much)",
+                                  Bounds(0, 1, low_open=True))
+    weight_decay: float = _field(1e-3, "AdamW weight decay (never applied to the temperature, biases or norms)",
+                                  Bounds(0, math.inf, high_open=True))
+    early_stopping_patience: int = _field(5, "stop after N epochs without val_loss improvement (best weights restored)", PATIENCE)
     reduce_lr_patience: int = _field(3, "multiply the learning rate by --reduce-lr-factor after N epochs without val_loss "
-                                        "improvement")
-    reduce_lr_factor: float = _field(0.2, "factor applied by ReduceLROnPlateau")
-    seed: int = _field(42, "random seed (weights, shuffling, caption sampling; the data split has --split-seed)")
+                                        "improvement", PATIENCE)
+    reduce_lr_factor: float = _field(0.2, "factor applied by ReduceLROnPlateau",
+                                     Bounds(0, 1, low_open=True, high_open=True))
+    seed: int = _field(42, "random seed (weights, shuffling, caption sampling; the data split has --split-seed)", SEED)
     strategy: str = _field("default", "tf.distribute strategy: default (one device), mirrored (all GPUs here), multiworker "
                                       "(TF_CONFIG)", choices=("default", "mirrored", "multiworker"))
     mixed_precision: Optional[str] = _field(None, "Keras dtype policy for GPUs, e.g. mixed_float16 or mixed_bfloat16 (slower on "
-                                                  "CPU)")
+                                                  "CPU)", choices=DTYPE_POLICIES)
     jit_compile: bool = _field(False, "compile the train step with XLA (good for text towers and GPUs; slow for Xception on CPU)")
+
+    def _check_together(self) -> None:
+        if self.learning_rate * self.weight_decay >= MAX_LR_TIMES_DECAY:
+            raise InvalidArgumentError(
+                f"--weight-decay {self.weight_decay:g} with --learning-rate {self.learning_rate:g}: AdamW removes "
+                f"learning rate x weight decay of every weight each step, so their product must be below "
+                f"{MAX_LR_TIMES_DECAY:g} (--weight-decay in [0, {MAX_LR_TIMES_DECAY / self.learning_rate:g}) here)")
 
 
 @dataclasses.dataclass
 class RunConfig:
+    """A whole run: one section per stage. Each section checks its fields when they are set;
+    `validate()` checks everything again plus the rules between fields (train() calls it)."""
+
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     preset: str = "reference"
+
+    def __setattr__(self, name: str, value) -> None:
+        expected = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "preset": str}.get(name)
+        if expected is not None and not isinstance(value, expected):
+            raise InvalidArgumentError(f"RunConfig.{name} must be a {expected.__name__}, got {type(value).__name__} "
+                                       f"{value!r:.80}; start from dual_encoder.get_preset(...) and set its fields")
+        object.__setattr__(self, name, value)
+
+    def validate(self) -> "RunConfig":
+        """Every field of every section, and the rules between fields; returns self (InvalidArgumentError otherwise)."""
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name))  # the section types
+        for section in (self.model, self.data, self.train):
+            section.validate()
+        return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

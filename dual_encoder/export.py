@@ -28,6 +28,7 @@ logits = tf.exp(model.logit_scale[0]) * similarity
 
 
 IMAGE_DTYPES = (tf.uint8, tf.float32, tf.float64)
+FLOAT_RANGE_ERROR = "encode_image: float images must be in [0, 1] (tf.image convention); pass uint8 for 0..255 pixels"
 
 
 def export_saved_model(model, path: str) -> str:
@@ -40,10 +41,10 @@ def export_saved_model(model, path: str) -> str:
     @tf.function
     def encode_image(images):
         if images.dtype != tf.uint8:
-            # Without this, a float array reached the uint8 signature truncated to 0 or 1: black images.
-            tf.debugging.assert_less_equal(
-                tf.reduce_max(images), tf.cast(1.0, images.dtype),
-                message="encode_image: float images must be in [0, 1] (tf.image convention); pass uint8 for 0..255 pixels")
+            # Without this, 0..255 floats came out white and negative ones black, silently. Both ends are
+            # checked per pixel, so NaN (which fails every comparison) is refused too.
+            in_range = tf.reduce_all((images >= 0) & (images <= 1))
+            tf.debugging.Assert(in_range, [FLOAT_RANGE_ERROR, "min", tf.reduce_min(images), "max", tf.reduce_max(images)])
             images = tf.cast(images, tf.float32) * 255.0
         pixels = resize_image(images, model.image_size, model.resize)
         return model.embed_images({"images": pixels}, training=False)

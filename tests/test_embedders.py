@@ -150,3 +150,40 @@ def test_a_real_export_loads_through_the_same_path(tmp_path):
     assert embedder.encode_images(images).shape == (3, 16)
     assert embedder.encode_texts(captions).shape == (2, 16)
     assert embedder.logit_scale == pytest.approx(float(np.exp(model.logit_scale.numpy())), rel=1e-5)
+
+
+def test_empty_inputs_give_zero_rows_of_the_embedding_width(colour_run, tmp_path):
+    """[0, D], not [0, 0]: an empty result still stacks with others and has the model's width."""
+    embedder = embedders.load_embedder(str(colour_run), progress=False)
+    assert embedder.encode_texts([]).shape == (0, 32) and embedder.encode_images([]).shape == (0, 32)
+    emb, ok = embedder.encode_image_sources([b"garbage", str(tmp_path / "missing.jpg")], SkipCounter())
+    assert emb.shape == (0, 32) and emb.dtype == np.float32 and ok.tolist() == [False, False]
+    assert embedder.embedding_dim == 32
+
+
+@pytest.mark.parametrize("build", [build_tiny_clip_preset, build_tiny_siglip_preset])
+def test_keras_hub_empty_inputs_have_the_embedding_width(build, tmp_path):
+    embedder = embedders.load_embedder(str(build(tmp_path / "preset")), progress=False)
+    width = embedder.encode_texts(["a photo of the cat."]).shape[1]
+    assert embedder.encode_texts([]).shape == (0, width)
+    assert embedder.encode_images([]).shape == (0, width)
+    one = embedder.encode_images([np.zeros((8, 8, 3), np.uint8)])
+    assert np.concatenate([embedder.encode_images([]), one]).shape == (1, width)
+
+
+def test_wrong_texts_batch_sizes_and_image_sides_are_named(colour_run):
+    from dual_encoder.errors import InvalidArgumentError
+
+    embedder = embedders.load_embedder(str(colour_run), progress=False)
+    for texts in (None, 42, b"bytes"):
+        with pytest.raises(TypeError, match="texts must be a string or a list of strings"):
+            embedder.encode_texts(texts)
+    with pytest.raises(TypeError, match="item 1 is int 42"):
+        embedder.encode_texts(["red", 42])
+    for batch_size in (0, -1, "8"):
+        with pytest.raises(InvalidArgumentError, match=r"batch_size \(--batch-size\) must be an integer in \[1, "):
+            embedders.load_embedder(str(colour_run), batch_size=batch_size, progress=False)
+    for side in (0, -5):
+        with pytest.raises(InvalidArgumentError, match=r"--image-size\) must be an integer in \[1, 8192\]"):
+            embedder.prep.replace(side=side)  # 0 used to mean "keep the old side", silently
+    assert embedder.prep.replace(side=None) == embedder.prep

@@ -237,7 +237,7 @@ def test_search_finds_matches_and_updates_the_index(model, colour_folders, tmp_p
         ([], "say what to evaluate"),
         (["--dataset", "coco", "--split", "val2017"], "needs --coco-dir"),
         (["--dataset", "folder", "--data-dir", "TWO_CLASSES", "--shots", "4"], "add --baseline linear-probe"),
-        (["--dataset", "folder", "--data-dir", "TWO_CLASSES", "--top-classes", "0"], "keep at least 2 classes"),
+        (["--dataset", "folder", "--data-dir", "TWO_CLASSES", "--top-classes", "0"], "--top-classes must be an integer in [2, "),
     ],
 )
 def test_bad_input_gives_one_clear_error(args, message, model, tmp_path, capsys):
@@ -288,3 +288,26 @@ def test_the_library_api_takes_notebook_arguments_and_refuses_wrong_ones(model, 
     index, _ = evaluation.folder_index(embedder, colour_folders, None)
     with pytest.raises(ValueError, match="at least 1"):
         evaluation.search(embedder, index, "red", top_k=0)
+
+
+def test_search_and_retrieval_name_wrong_argument_types(model, colour_folders):
+    """None, 42 or a string top_k used to end in AttributeError/TypeError from inside the embedder or numpy."""
+    from dual_encoder import evaluation
+    from dual_encoder.errors import InvalidArgumentError
+
+    embedder = embedders.load_embedder(model, progress=False)
+    index, _ = evaluation.folder_index(embedder, colour_folders, None)
+    for query in (None, 42, ["red"]):
+        with pytest.raises(TypeError, match="query must be a string") as refused:
+            evaluation.search(embedder, index, query)
+        assert isinstance(refused.value, InvalidArgumentError)  # the CLIs print it as one line
+    with pytest.raises(TypeError, match="top_k must be an integer, got str '5'"):
+        evaluation.search(embedder, index, "red", top_k="5")
+    with pytest.raises(TypeError, match="index must be an EmbeddingIndex.*folder_index"):
+        evaluation.search(embedder, str(colour_folders), "red")
+    with pytest.raises(TypeError, match="embedder must have encode_texts.*load_embedder"):
+        evaluation.search(model, index, "red")
+    assert len(evaluation.search(embedder, index, "red", top_k=np.int64(2))) == 2
+    for records in ("tfrecords/sample", [{"image": "a.jpg"}], None):
+        with pytest.raises(TypeError, match="records must be a list of ImageRecord.*shard_records"):
+            evaluation.retrieval_run(embedder, records, {"type": "sample"})

@@ -106,3 +106,17 @@ def test_a_bare_export_tells_evaluation_how_it_resizes(tiny_model, tmp_path):
 
     path = export_saved_model(tiny_model, str(tmp_path / "bare"))  # no results.json beside it
     assert SavedModelEmbedder(path, progress=False).prep == ImagePrep(48, tiny_model.resize)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_images_outside_0_1_are_an_error_at_both_ends(tiny_model, tmp_path, dtype):
+    """Negative floats used to be clipped to black without a word; NaN and 0..255 floats are refused too."""
+    reloaded = tf.saved_model.load(export_saved_model(tiny_model, str(tmp_path / "saved_model")))
+    images = np.random.default_rng(0).uniform(0, 1, (2, 20, 30, 3)).astype(dtype)
+    images[0, 0, 0] = [0.0, 1.0, 0.5]  # both ends themselves are fine
+    assert reloaded.encode_image(tf.constant(images)).shape == (2, 16)
+    for bad in (-5.0, -0.01, 1.01, 255.0, np.nan):
+        broken = images.copy()
+        broken[1, 3, 4, 2] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"float images must be in \[0, 1\]"):
+            reloaded.encode_image(tf.constant(broken))

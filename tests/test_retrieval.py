@@ -136,3 +136,21 @@ def test_encode_cached_computes_only_missing_and_drops_failures(tmp_path):
     np.testing.assert_array_equal(vectors[:, 0], [7.0, 1.0, 3.0])
     vectors, kept = retrieval.encode_cached(["k1", "k3"], encode_missing, cache)
     assert calls == [[1, 2, 3]] and kept.all()  # second time all from the cache
+
+
+def test_index_search_names_a_wrong_top_k_or_query():
+    """A string or float top_k, or queries of another width, used to fail deep inside numpy."""
+    index = retrieval.EmbeddingIndex(IMAGES, keys=list("abcd"))
+    for k in ("5", 2.0, None, True):
+        with pytest.raises(TypeError, match="top_k must be an integer"):
+            index.search(IMAGES[:1], k)
+    with pytest.raises(ValueError, match="top_k must be at least 1, got 0"):
+        index.search(IMAGES[:1], 0)
+    assert index.search(IMAGES[:1], np.int64(1))[1].tolist() == [[0]]  # numpy integers are integers
+    for queries in (None, "a dog", [["x", "y", "z", "w"]]):
+        with pytest.raises(TypeError, match=r"queries must be embeddings \(an array \[Q, D\]"):
+            index.search(queries, 2)
+    with pytest.raises(ValueError, match=r"this index holds 4-dimensional embeddings: pass \[Q, 4\]"):
+        index.search(np.ones((1, 3), np.float32), 2)
+    scores, rows = index.search(IMAGES[2], 1)  # one query as a vector is fine
+    assert rows.tolist() == [[2]] and scores.shape == (1, 1)

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from dual_encoder import config as run_config
+from dual_encoder.cli import flags
 from dual_encoder.cli.sources import add_source_arguments, records_from_args
 from dual_encoder.data.tfrecords import write_shards
 from dual_encoder.errors import DualEncoderError
@@ -24,6 +25,11 @@ Unreadable images, missing files, empty and duplicate captions are skipped, warn
 counted in DIR/manifest.json; unreadable caption files are errors naming the file and line.
 """
 
+# The output flags -> the DataConfig field (train.py's flag) whose range they share, so both tools accept the same values.
+CONFIG_FIELDS = {"val_fraction": "val_fraction", "seed": "split_seed", "images_per_shard": "images_per_shard",
+                 "max_side": "max_side"}
+FLAG_BOUNDS = {flag: run_config.bounds_of(run_config.DataConfig, name) for flag, name in CONFIG_FIELDS.items()}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -37,15 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", metavar="DIR", required=True, help="output folder (local, gs://, ...); created if needed.")
     out.add_argument(
         "--val-fraction", metavar="F", type=float, default=run_config.VAL_FRACTION,
-        help="fraction of images (not captions) held out as 'val'; 0 writes only 'train' (default: %(default)s).",
+        help="fraction of images (not captions) held out as 'val'; 0 writes only 'train' (default: %(default)s"
+        + flags.range_help(FLAG_BOUNDS["val_fraction"]) + ").",
     )
     out.add_argument("--seed", metavar="S", type=int, default=run_config.SPLIT_SEED,
-                     help="seed of the train/val split; train.py --split-seed has the same default (default: %(default)s).")
-    out.add_argument("--images-per-shard", metavar="N", type=int, default=run_config.IMAGES_PER_SHARD, help="default: "
-        "%(default)s.")
+                     help="seed of the train/val split; train.py --split-seed has the same default (default: %(default)s"
+                     + flags.range_help(FLAG_BOUNDS["seed"]) + ").")
+    out.add_argument("--images-per-shard", metavar="N", type=int, default=run_config.IMAGES_PER_SHARD,
+                     help="default: %(default)s" + flags.range_help(FLAG_BOUNDS["images_per_shard"]) + ".")
     out.add_argument(
         "--max-side", metavar="N", type=int, default=None,
-        help="shrink images so the longer side is at most N pixels (default: keep the size).",
+        help="shrink images so the longer side is at most N pixels (default: keep the size"
+        + flags.range_help(FLAG_BOUNDS["max_side"]) + ").",
     )
     out.add_argument(
         "--overwrite", action="store_true",
@@ -61,6 +70,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
+        flags.check_flags(args, FLAG_BOUNDS)  # before reading the source, which can take long
         records, source_info, skipped = records_from_args(args)
         write_shards(
             records, args.out, source_info=source_info, skipped=skipped, val_fraction=args.val_fraction,

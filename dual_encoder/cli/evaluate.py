@@ -14,6 +14,7 @@ report.json and the figures go to --output-dir. All logic lives in dual_encoder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -21,6 +22,8 @@ import sys
 from pathlib import Path
 
 import dual_encoder
+from dual_encoder import config as run_config
+from dual_encoder.cli import flags
 from dual_encoder.cli.help import HelpFormatter
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 
@@ -30,6 +33,15 @@ RETRIEVAL = {"coco": "coco_dir", "csv": "csv", "jsonl": "jsonl", "tfds-captions"
              "tfrecords": "shards"}  # fmt: skip
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dual_encoder" / "embeddings"
 DEFAULT_SHOTS = ["1", "4", "16", "all"]  # linear-probe training images per class
+# The numeric flags' ranges, checked before any data or model loads (argparse checks only the type).
+FLAG_BOUNDS = {
+    "batch_size": run_config.COUNT,
+    "image_size": dataclasses.replace(run_config.IMAGE_SIDE, optional=True),
+    "top_k": run_config.COUNT,
+    "top_classes": run_config.Bounds(2, optional=True),  # one class is no classification
+    "probe_steps": run_config.COUNT,
+    "similarity_n": run_config.COUNT,
+}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +53,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        "local preset directory")  # fmt: skip
     group.add_argument("--output-dir", metavar="DIR", help="where report.json and PNGs go (default: outputs/zeroshot-<dataset>, "
                        "outputs/retrieval-<source> or outputs/search)")
-    group.add_argument("--batch-size", type=int, default=32, help="images or captions per forward pass")
+    group.add_argument("--batch-size", type=int, default=32,
+                       help="images or captions per forward pass" + flags.range_help(FLAG_BOUNDS["batch_size"]))
     group.add_argument("--image-size", type=int, metavar="N",
-                       help="side images are brought to before batching (default: the model's own, else 224)")
+                       help="side images are brought to before batching (default: the model's own, else 224)"
+                       + flags.range_help(FLAG_BOUNDS["image_size"]))
     group.add_argument("--resize", choices=("squash", "crop", "pad"),
                        help="how images become square before batching (default: the model's training mode; "
                        "crop for CLIP/SigLIP)")  # fmt: skip
@@ -81,16 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --csv: zero-shot classification by this column (e.g. articleType of Fashion's styles.csv) "
                     "instead of caption retrieval; also needs --image-column (and --image-template)")
     zs.add_argument("--top-classes", type=int, metavar="N",
-                    help="keep only the N classes with the most images (and their images); the report counts the rest")
+                    help="keep only the N classes with the most images (and their images); the report counts the rest"
+                    + flags.range_help(FLAG_BOUNDS["top_classes"]))
     zs.add_argument("--baseline", choices=("linear-probe",),
                     help="also train a linear probe on the same frozen image features")
     zs.add_argument("--shots", nargs="+", metavar="K",
                     help="linear probe: training images per class (integers and/or 'all'; default: 1 4 16 all); "
                     "needs --baseline linear-probe")
-    zs.add_argument("--probe-steps", type=int, default=300, help="linear probe: full-batch Adam steps")
+    zs.add_argument("--probe-steps", type=int, default=300,
+                    help="linear probe: full-batch Adam steps" + flags.range_help(FLAG_BOUNDS["probe_steps"]))
     rt = parser.add_argument_group("retrieval")
     rt.add_argument("--similarity-n", type=int, default=8, metavar="N",
-                    help="images (and their first captions) in similarity_matrix.png")
+                    help="images (and their first captions) in similarity_matrix.png"
+                    + flags.range_help(FLAG_BOUNDS["similarity_n"]))
     add_source_arguments(parser, required=False)
     return parser
 
@@ -104,7 +121,8 @@ def build_search_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("query", help="the text to search for, e.g. 'cars on the street at night'")
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of images (sub-folders included)")
-    parser.add_argument("--top-k", type=int, default=9, help="how many matches to show")
+    parser.add_argument("--top-k", type=int, default=9,
+                        help="how many matches to show" + flags.range_help(FLAG_BOUNDS["top_k"]))
     add_model_arguments(parser)
     return parser
 
@@ -114,7 +132,7 @@ def _embedder_and_cache(args):
     from dual_encoder.evaluation.retrieval import EmbeddingCache
 
     embedder = load_embedder(args.model, batch_size=args.batch_size, progress=not args.quiet)
-    if args.image_size or args.resize:
+    if args.image_size is not None or args.resize:
         embedder.prep = embedder.prep.replace(side=args.image_size, mode=args.resize)
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir, embedder.fingerprint())
     return embedder, cache
@@ -160,8 +178,6 @@ def _classification_data(args):
             data.info["restricted_to"] = {"shards": [str(d) for d in args.shards], "split": args.split or "val"}
     else:
         data = datasets.load_classification_dataset(args.dataset, args.data_dir, args.split)
-    if args.top_classes is not None and args.top_classes < 2:
-        raise InvalidArgumentError(f"--top-classes {args.top_classes}: keep at least 2 classes")
     return datasets.keep_top_classes(data, args.top_classes) if args.top_classes else data
 
 
@@ -248,9 +264,12 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["search"]:
-            run_search(build_search_parser().parse_args(argv[1:]))
+            args = build_search_parser().parse_args(argv[1:])
+            flags.check_flags(args, FLAG_BOUNDS)
+            run_search(args)
             return 0
         args = build_parser().parse_args(argv)
+        flags.check_flags(args, FLAG_BOUNDS)
         source_given = any(getattr(args, flag, None) for flag in RETRIEVAL.values())
         labelled_csv = args.label_column and args.dataset in (None, "csv")
         if args.dataset in ("animals10", "folder") or (args.dataset or "").startswith("tfds:") or labelled_csv:

@@ -31,11 +31,11 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from dual_encoder import files
+from dual_encoder import config, files
 from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
-from dual_encoder.evaluation.retrieval import l2_normalize
+from dual_encoder.evaluation.retrieval import WrongTypeError, l2_normalize
 
 SAVED_MODEL_FILE = "saved_model.pb"
 TRAINING_OUTPUT_SUBDIR = "saved_model"
@@ -79,6 +79,7 @@ class ImagePrep:
     library: str = "tensorflow"
 
     def __post_init__(self):
+        config.IMAGE_SIDE.check(self.side, "the image side (--image-size)")
         if self.mode not in RESIZE_MODES:
             raise InvalidArgumentError(f"unknown resize mode {self.mode!r}; choose one of {RESIZE_MODES}")
         if self.library == "tensorflow" and (self.mode, self.interpolation) not in _TF_RESIZES:
@@ -90,7 +91,7 @@ class ImagePrep:
         """A copy with another side and/or mode (switching to Pillow where TensorFlow has no such mode)."""
         mode = mode or self.mode
         library = self.library if (mode, self.interpolation) in _TF_RESIZES else "pillow"
-        return dataclasses.replace(self, side=side or self.side, mode=mode, library=library)
+        return dataclasses.replace(self, side=self.side if side is None else side, mode=mode, library=library)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if image.shape[:2] == (self.side, self.side):
@@ -135,13 +136,27 @@ def load_rgb(source, name: str = "image") -> np.ndarray:
     return tf.io.decode_jpeg(jpeg, channels=3).numpy()
 
 
+def _text_list(texts) -> list[str]:
+    """`texts` as a list of strings: one string is one text; anything else is named, not failed on deep in TensorFlow."""
+    if isinstance(texts, str):
+        return [texts]
+    if texts is None or isinstance(texts, bytes) or not hasattr(texts, "__iter__"):
+        raise WrongTypeError(f"texts must be a string or a list of strings, got {type(texts).__name__} {texts!r:.60}")
+    texts = list(texts)
+    wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+    if wrong is not None:
+        raise WrongTypeError(f"texts must all be strings; item {wrong} is {type(texts[wrong]).__name__} {texts[wrong]!r:.60}")
+    return texts
+
+
 class BatchedEmbedder:
     """Batching, progress bars and image preparation; subclasses embed one ready batch."""
 
     def __init__(self, prep: ImagePrep, batch_size: int = 32, progress: bool = True):
         self.prep = prep
-        self.batch_size = batch_size
+        self.batch_size = config.COUNT.check(batch_size, "batch_size (--batch-size)")
         self.progress = progress
+        self._embedding_dim: Optional[int] = None
 
     def _embed_image_batch(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -159,15 +174,26 @@ class BatchedEmbedder:
     def _bar(self, total: int, unit: str):
         return tqdm(total=total, unit=unit, desc=f"embedding {unit}s", disable=not self.progress, leave=False)
 
+    @property
+    def embedding_dim(self) -> int:
+        """D, the width of every embedding: measured once on one short text, so it holds for any
+        model behind the interface; empty inputs still give [0, D] arrays that stack with others."""
+        if self._embedding_dim is None:
+            self._embedding_dim = int(np.asarray(self._embed_text_batch(["a"])).shape[-1])
+        return self._embedding_dim
+
+    def _stacked(self, out: list) -> np.ndarray:
+        return np.concatenate(out) if out else np.zeros((0, self.embedding_dim), np.float32)
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised embeddings [N, D] of N texts (a single string counts as one text)."""
-        texts, out = [texts] if isinstance(texts, str) else list(texts), []
+        texts, out = _text_list(texts), []
         with self._bar(len(texts), "caption") as bar:
             for start in range(0, len(texts), self.batch_size):
                 batch = texts[start : start + self.batch_size]
                 out.append(l2_normalize(self._embed_text_batch(batch)))
                 bar.update(len(batch))
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        return self._stacked(out)
 
     def encode_images(self, images: Sequence) -> np.ndarray:
         """Embeddings of images (arrays, paths or bytes) that must all be readable."""
@@ -213,7 +239,7 @@ class BatchedEmbedder:
                 if batch:
                     out.append(l2_normalize(self._embed_image_batch(np.stack(batch))))
                 bar.update(len(current))
-        return (np.concatenate(out) if out else np.zeros((0, 0), np.float32)), ok
+        return self._stacked(out), ok
 
 
 def find_saved_model(path) -> Path:

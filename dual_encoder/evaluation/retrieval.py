@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import numbers
 import os
 import zipfile
 from pathlib import Path
@@ -31,6 +32,20 @@ logger = logging.getLogger(__name__)
 RECALL_AT = (1, 5, 10)
 PAIR_ACCURACY_AT = (1, 100)
 _CHUNK_ROWS = 1024  # query rows scored at once: bounds scratch memory for large sets
+
+
+class WrongTypeError(InvalidArgumentError, TypeError):
+    """A library call got the wrong kind of argument (a number where text belongs, a string for a
+    count); the message says what was expected. Still a TypeError for callers that catch one."""
+
+
+def check_top_k(top_k) -> int:
+    """`top_k` as a plain int >= 1, or an error saying so (numpy's own is about broadcasting shapes)."""
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool):
+        raise WrongTypeError(f"top_k must be an integer, got {type(top_k).__name__} {top_k!r:.40}")
+    if top_k < 1:
+        raise InvalidArgumentError(f"top_k must be at least 1, got {top_k}")
+    return int(top_k)
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -67,6 +82,21 @@ class EmbeddingIndex:
     def __len__(self) -> int:
         return len(self.embeddings)
 
+    def _checked_queries(self, queries) -> np.ndarray:
+        """Queries as float32 [Q, D] with the stored width D, or an error saying what was expected."""
+        try:
+            if queries is None or isinstance(queries, (str, bytes)):
+                raise TypeError("not numbers")
+            queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        except (TypeError, ValueError):
+            raise WrongTypeError(f"queries must be embeddings (an array [Q, D] of numbers), got {type(queries).__name__}; "
+                                 "embed text with embedder.encode_texts([...])") from None
+        width = self.embeddings.shape[1] if len(self.embeddings) and self.embeddings.ndim == 2 else None  # None: empty
+        if queries.ndim != 2 or (width is not None and queries.shape[1] != width):
+            raise InvalidArgumentError(f"queries have shape {queries.shape}, but this index holds {width}-dimensional "
+                                       f"embeddings: pass [Q, {width}] (embedder.encode_texts of the same model)")
+        return queries
+
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(scores [Q, k], indices [Q, k]) of the best stored rows for each query, best first.
 
@@ -74,10 +104,8 @@ class EmbeddingIndex:
         columns that beat it for some query (usually a handful), so the costly top-k selection
         runs once and the rest is a matrix product and a comparison per chunk.
         """
-        if k < 1:  # numpy's own error here is about broadcasting shapes
-            raise InvalidArgumentError(f"top_k must be at least 1, got {k}")
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        k = min(k, len(self.embeddings))
+        k = min(check_top_k(k), len(self.embeddings))
+        queries = self._checked_queries(queries)
         best_scores = np.zeros((len(queries), 0), np.float32)
         best_index = np.zeros((len(queries), 0), np.int64)
         for start in range(0, len(self.embeddings), self.chunk):

@@ -83,8 +83,8 @@ def zero_shot(
     or a list of templates. `shots`: e.g. [1, 4, "all"] (see `probe.parse_shots`).
     """
     if not isinstance(data, LabeledImages):
-        raise TypeError(f"data must be LabeledImages, not {type(data).__name__}; load a folder with "
-                        "dual_encoder.load_classification_dataset('folder', DIR)")
+        raise retrieval.WrongTypeError(f"data must be LabeledImages, not {type(data).__name__}; load a folder with "
+                                       "dual_encoder.load_classification_dataset('folder', DIR)")
     shots = probe.parse_shots(shots) if shots else shots
     skipped = SkipCounter()
     image_emb, kept = embed_images(embedder, data.sources, item_keys(data.sources, data.ids), data.ids, cache, skipped)
@@ -109,11 +109,22 @@ def _source_key(info: dict) -> str:
     return "records:" + files.json_digest(info, "sha1", length=16)
 
 
+def _record_list(records) -> list[ImageRecord]:
+    """`records` as a list, or an error saying what retrieval takes (a path or a string is not one)."""
+    if not isinstance(records, (str, bytes, os.PathLike)) and hasattr(records, "__iter__"):
+        records = list(records)
+        if all(isinstance(r, ImageRecord) for r in records):
+            return records
+    raise retrieval.WrongTypeError("records must be a list of ImageRecord, e.g. records, info = "
+                                   "dual_encoder.shard_records(['tfrecords/sample'], 'val')")
+
+
 def retrieval_run(
     embedder, records: Sequence[ImageRecord], source_info: dict, cache=None, skipped: Optional[SkipCounter] = None
 ) -> tuple[dict, dict]:
     """(report, arrays) for image<->text retrieval; `arrays` feeds the similarity-matrix plot."""
     skipped = skipped if skipped is not None else SkipCounter()
+    records = _record_list(records)
     if not records:
         raise EvaluationError(f"the caption source has no images (skipped: {skipped.as_dict()})")
     sources = [r.path if r.path is not None else r.image for r in records]
@@ -161,10 +172,27 @@ def folder_index(embedder, folder, cache: Optional[retrieval.EmbeddingCache] = N
     return retrieval.EmbeddingIndex(embeddings, [p for p, k in zip(paths, kept) if k]), skipped
 
 
-def search(embedder, index: retrieval.EmbeddingIndex, query: str, top_k: int = 9) -> list[tuple[str, float]]:
-    """(path, cosine score) of the best `top_k` images for a text query, best first."""
+def _check_search_arguments(embedder, index, query, top_k) -> int:
+    """`top_k` as an int; each argument checked here, where a wrong one can still be named, rather
+    than failing as an AttributeError inside the embedder or numpy."""
+    if not isinstance(query, str):
+        raise retrieval.WrongTypeError(f"query must be a string, e.g. 'a dog on a beach'; got {type(query).__name__} "
+                                       f"{query!r:.40}")
     if not query.strip():
         raise InvalidArgumentError("the search query is empty")
+    top_k = retrieval.check_top_k(top_k)
+    if not isinstance(index, retrieval.EmbeddingIndex):
+        raise retrieval.WrongTypeError(f"index must be an EmbeddingIndex, e.g. from dual_encoder.folder_index(embedder, "
+                                       f"DIR); got {type(index).__name__}")
+    if not callable(getattr(embedder, "encode_texts", None)):
+        raise retrieval.WrongTypeError(f"embedder must have encode_texts, e.g. dual_encoder.load_embedder(PATH); got "
+                                       f"{type(embedder).__name__}")
+    return top_k
+
+
+def search(embedder, index: retrieval.EmbeddingIndex, query: str, top_k: int = 9) -> list[tuple[str, float]]:
+    """(path, cosine score) of the best `top_k` images for a text query, best first."""
+    top_k = _check_search_arguments(embedder, index, query, top_k)
     scores, rows = index.search(embedder.encode_texts([query]), top_k)
     return [(index.keys[i], float(s)) for i, s in zip(rows[0], scores[0])]
 
