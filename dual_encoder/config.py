@@ -238,6 +238,8 @@ class DataConfig(_Checked):
     cache: bool = _field(False, "keep parsed shards in memory after the first epoch")
     feature_cache: bool = _field(True, "with both towers frozen, compute their features once, store them next to the shards and "
                                        "train the heads on them (--no-feature-cache: recompute every epoch)")
+    skip_damaged_shards: bool = _field(False, "train on the intact shards when some fail their record checksums (otherwise a "
+                                              "damaged shard stops the run, naming it and how to rewrite it)")
 
 
 @dataclasses.dataclass

@@ -17,3 +17,8 @@ class InvalidArgumentError(DualEncoderError, ValueError):
 
 class PathNotFoundError(DualEncoderError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class WrongTypeError(InvalidArgumentError, TypeError):
+    """A library call got the wrong kind of argument (a number where text belongs, a string for a
+    count); the message says what was expected. Still a TypeError for callers that catch one."""

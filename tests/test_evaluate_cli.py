@@ -228,6 +228,22 @@ def test_search_finds_matches_and_updates_the_index(model, colour_folders, tmp_p
     assert "10 images indexed" in capsys.readouterr().out
 
 
+def test_search_skips_and_counts_a_file_name_that_is_not_utf8(model, tmp_path, capsys, caplog):
+    import os
+
+    folder = tmp_path / "photos"
+    write_colour_folders(folder, ["red", "blue"], per_class=2, seed=5)
+    broken = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    with open(broken, "wb") as handle:
+        handle.write((folder / "red" / "0.png").read_bytes())
+    args = ["search", "a red car", "--model", model, "--images", str(folder), "--top-k", "2",
+            "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    assert _run(args, tmp_path) == 0
+    results = json.loads((tmp_path / "out" / "search_results.json").read_text())
+    assert results["indexed"] == 4 and results["skipped"].get("non_utf8_name") == 1
+    assert caplog.text.count("caf\\udce9.png") == 1  # named (as Python shows the name), once, not once per listing
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -167,3 +167,12 @@ def test_evaluate_py_on_the_trained_run_beats_chance_and_matches_training(traine
     chance_r5 = 5 / 150
     assert report["text_to_image"]["R@5"] > 3 * chance_r5 and report["image_to_text"]["R@5"] > 3 * chance_r5
     assert report["text_to_image"]["R@5"] == pytest.approx(results["retrieval"]["text_to_image"]["R@5"], abs=0.02)
+
+
+def test_train_checks_values_written_past_the_config_checks(shard_dir, tmp_path):
+    from dual_encoder.errors import InvalidArgumentError
+
+    config = tiny_config(epochs=1)
+    object.__setattr__(config.train, "epochs", 0)  # as a caller poking the dataclass directly would
+    with pytest.raises(InvalidArgumentError, match="--epochs"):
+        training.train(config, [shard_dir], tmp_path / "run", verbose=0)

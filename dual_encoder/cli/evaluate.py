@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--shards", nargs="+", metavar="DIR",
                       help="retrieval on TFRecord shards written by python -m dual_encoder.data (use --split, default val); "
                       "with --label-column: classify only the images in that split of these shards (e.g. held-out val)")
+    task.add_argument("--skip-damaged-shards", action="store_true",
+                      help="with --shards: leave out shards that fail their record checksums (otherwise a damaged shard "
+                      "stops the evaluation, naming it and how to rewrite it)")
     zs = parser.add_argument_group("zero-shot classification")
     zs.add_argument("--templates", metavar="SET_OR_FILE", default="default",
                     help="prompt templates: a set (default = 'a photo of a {}.', imagenet = CLIP's 80, imagenet-7, "
@@ -159,7 +162,7 @@ def _retrieval_records(args):
         flag = "--" + RETRIEVAL[args.dataset].replace("_", "-")
         raise SourceArgumentError(f"--dataset {args.dataset} needs {flag}")
     if args.shards:
-        return shard_records(args.shards, args.split or "val")
+        return shard_records(args.shards, args.split or "val", args.skip_damaged_shards)
     records, info, skipped = records_from_args(args)
     return records, {**info, "skipped_by_source": skipped.as_dict()}
 
@@ -172,7 +175,8 @@ def _classification_data(args):
     if args.label_column:
         if not args.csv:
             raise InvalidArgumentError("--label-column needs --csv FILE (and --image-column)")
-        only_ids = evaluation.shard_image_ids(args.shards, args.split or "val") if args.shards else None
+        only_ids = (evaluation.shard_image_ids(args.shards, args.split or "val", args.skip_damaged_shards)
+                    if args.shards else None)
         data = datasets.load_csv_classification(args.csv, args.image_column, args.label_column, args.image_template, only_ids)
         if args.shards:
             data.info["restricted_to"] = {"shards": [str(d) for d in args.shards], "split": args.split or "val"}
@@ -239,12 +243,14 @@ def run_retrieval(args, argv) -> Path:
 
 def run_search(args) -> Path:
     from dual_encoder import evaluation
+    from dual_encoder.data.records import SkipCounter
     from dual_encoder.evaluation import plots
     from dual_encoder.evaluation.embedders import load_rgb
 
-    evaluation.list_images(args.images)  # a bad folder fails before the model loads
+    listing_skips = SkipCounter()
+    paths = evaluation.list_images(args.images, listing_skips)  # a bad folder fails before the model loads
     embedder, cache = _embedder_and_cache(args)
-    index, skipped = evaluation.folder_index(embedder, args.images, cache)
+    index, skipped = evaluation.folder_index(embedder, args.images, cache, listed=(paths, listing_skips))
     matches = evaluation.search(embedder, index, args.query, args.top_k)
     output_dir = Path(args.output_dir or "outputs/search")
     images = [embedder.prep(load_rgb(path)) for path, _ in matches]

@@ -75,12 +75,12 @@ def main(argv=None) -> int:
               "For COCO: python train.py --coco-dir DIR --split train2017 (needs DIR/annotations/captions_train2017.json,\n"
               "DIR/train2017/ and pretrained weights, or --no-pretrained / local --image-encoder and --text-encoder dirs).")
     preset = args.preset or ("sample" if args.sample and not args.tfrecords else "reference")
-    config = flags.apply_overrides(run_config.get_preset(preset), args)
     output_dir = args.output_dir or os.path.join("runs", preset)
 
     from dual_encoder.training import trainer
 
     try:
+        config = flags.apply_overrides(run_config.get_preset(preset), args).validate()  # before any shard is written
         shard_dirs = prepare_shards(args, config)
         # Keras' per-batch progress bar rewrites one line; in a log file (no terminal) one line per epoch reads better.
         verbose = 0 if args.quiet else "auto" if sys.stdout.isatty() else 2

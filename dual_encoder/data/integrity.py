@@ -44,6 +44,22 @@ def find_damaged_shards(paths: Sequence[str]) -> dict[str, str]:
     return damaged
 
 
+def intact_shards(paths: Sequence[str], skip_damaged: bool = False) -> list[str]:
+    """`paths` without damaged shards when `skip_damaged` (with a warning naming them); otherwise
+    a damaged shard is a DamagedShardError naming it, how to rewrite it, and the flag that skips it."""
+    paths = list(paths)
+    damaged = find_damaged_shards(paths)
+    if not damaged:
+        return paths
+    first, reason = next(iter(damaged.items()))
+    found = f"{len(damaged)} of {len(paths)} shards are damaged, e.g. {first} ({reason})"
+    if not skip_damaged:
+        raise DamagedShardError(f"{found}: {repair_hint(first)}; or pass --skip-damaged-shards to use the "
+                                f"{len(paths) - len(damaged)} intact ones")
+    logger.warning("%s: --skip-damaged-shards leaves out %s", found, ", ".join(sorted(damaged)))
+    return [p for p in paths if p not in damaged]
+
+
 def repair_hint(shard: str) -> str:
     """How to get a damaged shard back: the writer rewrites exactly the shards it finds missing."""
     return (f"delete {shard} and rerun the python -m dual_encoder.data (or train.py) command that wrote its folder: "

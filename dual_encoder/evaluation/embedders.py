@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from dual_encoder import config, files
 from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
 from dual_encoder.data.records import SkipCounter
-from dual_encoder.errors import DualEncoderError, InvalidArgumentError
-from dual_encoder.evaluation.retrieval import WrongTypeError, l2_normalize
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError, WrongTypeError
+from dual_encoder.evaluation.retrieval import l2_normalize
 
 SAVED_MODEL_FILE = "saved_model.pb"
 TRAINING_OUTPUT_SUBDIR = "saved_model"
@@ -235,7 +235,7 @@ class BatchedEmbedder:
                     elif skipped is None:
                         raise error
                     else:
-                        skipped.skip("missing_file" if isinstance(error, MissingImageError) else "undecodable", str(error))
+                        skipped.skip(error.reason, str(error))  # missing_file, undecodable, not_a_file, ...
                 if batch:
                     out.append(l2_normalize(self._embed_image_batch(np.stack(batch))))
                 bar.update(len(current))

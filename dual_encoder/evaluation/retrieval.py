@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from dual_encoder import files
-from dual_encoder.errors import InvalidArgumentError
+from dual_encoder.errors import InvalidArgumentError, WrongTypeError
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +34,6 @@ PAIR_ACCURACY_AT = (1, 100)
 _CHUNK_ROWS = 1024  # query rows scored at once: bounds scratch memory for large sets
 
 
-class WrongTypeError(InvalidArgumentError, TypeError):
-    """A library call got the wrong kind of argument (a number where text belongs, a string for a
-    count); the message says what was expected. Still a TypeError for callers that catch one."""
 
 
 def check_top_k(top_k) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 
 from dual_encoder import files
 from dual_encoder.data.records import ImageRecord, SkipCounter
-from dual_encoder.errors import DualEncoderError, InvalidArgumentError
+from dual_encoder.errors import DualEncoderError, InvalidArgumentError, WrongTypeError
 from dual_encoder.evaluation import probe, retrieval, zeroshot
 from dual_encoder.evaluation.datasets import IMAGE_EXTENSIONS, DataLayoutError, LabeledImages, images_in
 from dual_encoder.evaluation.embedders import load_rgb
@@ -83,7 +83,7 @@ def zero_shot(
     or a list of templates. `shots`: e.g. [1, 4, "all"] (see `probe.parse_shots`).
     """
     if not isinstance(data, LabeledImages):
-        raise retrieval.WrongTypeError(f"data must be LabeledImages, not {type(data).__name__}; load a folder with "
+        raise WrongTypeError(f"data must be LabeledImages, not {type(data).__name__}; load a folder with "
                                        "dual_encoder.load_classification_dataset('folder', DIR)")
     shots = probe.parse_shots(shots) if shots else shots
     skipped = SkipCounter()
@@ -115,7 +115,7 @@ def _record_list(records) -> list[ImageRecord]:
         records = list(records)
         if all(isinstance(r, ImageRecord) for r in records):
             return records
-    raise retrieval.WrongTypeError("records must be a list of ImageRecord, e.g. records, info = "
+    raise WrongTypeError("records must be a list of ImageRecord, e.g. records, info = "
                                    "dual_encoder.shard_records(['tfrecords/sample'], 'val')")
 
 
@@ -152,20 +152,24 @@ def similarity_preview(arrays: dict, prep, count: int = 8):
     return similarity, images, [arrays["texts"][i] for i in first[:count]]
 
 
-def list_images(folder) -> list[str]:
+def list_images(folder, skipped: Optional[SkipCounter] = None) -> list[str]:
+    """Every image file below `folder` (names that are not UTF-8 are counted in `skipped`); a
+    missing or image-less folder is a DataLayoutError."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataLayoutError(f"--images {folder}: no such folder (expected a folder of images, sub-folders allowed)")
-    paths = [str(p) for p in images_in(folder)]
+    paths = [str(p) for p in images_in(folder, skipped)]
     if not paths:
         raise DataLayoutError(f"--images {folder}: no images ({' '.join(IMAGE_EXTENSIONS)}) in it or below it")
     return paths
 
 
-def folder_index(embedder, folder, cache: Optional[retrieval.EmbeddingCache] = None) -> tuple[retrieval.EmbeddingIndex,
-                                                                                              SkipCounter]:
-    """An index of every readable image below `folder`; only new or changed files are embedded."""
-    paths, skipped = list_images(folder), SkipCounter()
+def folder_index(embedder, folder, cache: Optional[retrieval.EmbeddingCache] = None, *,
+                 listed: Optional[tuple[list[str], SkipCounter]] = None) -> tuple[retrieval.EmbeddingIndex, SkipCounter]:
+    """An index of every readable image below `folder`; only new or changed files are embedded.
+    `listed`: (paths, skipped) from an earlier `list_images(folder, skipped)`, not listed again."""
+    paths, skipped = listed if listed is not None else (None, SkipCounter())
+    paths = paths if paths is not None else list_images(folder, skipped)
     embeddings, kept = embed_images(embedder, paths, item_keys(paths, paths), paths, cache, skipped)
     if not kept.any():
         raise EvaluationError(f"none of the {len(paths)} images in {folder} could be read")
@@ -176,16 +180,16 @@ def _check_search_arguments(embedder, index, query, top_k) -> int:
     """`top_k` as an int; each argument checked here, where a wrong one can still be named, rather
     than failing as an AttributeError inside the embedder or numpy."""
     if not isinstance(query, str):
-        raise retrieval.WrongTypeError(f"query must be a string, e.g. 'a dog on a beach'; got {type(query).__name__} "
+        raise WrongTypeError(f"query must be a string, e.g. 'a dog on a beach'; got {type(query).__name__} "
                                        f"{query!r:.40}")
     if not query.strip():
         raise InvalidArgumentError("the search query is empty")
     top_k = retrieval.check_top_k(top_k)
     if not isinstance(index, retrieval.EmbeddingIndex):
-        raise retrieval.WrongTypeError(f"index must be an EmbeddingIndex, e.g. from dual_encoder.folder_index(embedder, "
+        raise WrongTypeError(f"index must be an EmbeddingIndex, e.g. from dual_encoder.folder_index(embedder, "
                                        f"DIR); got {type(index).__name__}")
     if not callable(getattr(embedder, "encode_texts", None)):
-        raise retrieval.WrongTypeError(f"embedder must have encode_texts, e.g. dual_encoder.load_embedder(PATH); got "
+        raise WrongTypeError(f"embedder must have encode_texts, e.g. dual_encoder.load_embedder(PATH); got "
                                        f"{type(embedder).__name__}")
     return top_k
 
@@ -197,20 +201,28 @@ def search(embedder, index: retrieval.EmbeddingIndex, query: str, top_k: int = 9
     return [(index.keys[i], float(s)) for i, s in zip(rows[0], scores[0])]
 
 
-def shard_image_ids(dirs: Sequence[str], split: str) -> list[str]:
-    """The image ids in one split of some shard folders (e.g. the held-out `val` images), without decoding images."""
-    from dual_encoder.data import pipeline, tfrecords
+def _shard_files(dirs: Sequence[str], split: str, skip_damaged: bool) -> list[str]:
+    from dual_encoder.data import integrity, tfrecords
 
-    return [image_id for image_id, _ in pipeline.image_caption_lists(tfrecords.list_shards(list(dirs), split))]
+    return integrity.intact_shards(tfrecords.list_shards(list(dirs), split), skip_damaged)
 
 
-def shard_records(dirs: Sequence[str], split: str) -> tuple[list[ImageRecord], dict]:
-    """Records (JPEG bytes + captions) from TFRecord shards written by `python -m dual_encoder.data`."""
+def shard_image_ids(dirs: Sequence[str], split: str, skip_damaged: bool = False) -> list[str]:
+    """The image ids in one split of some shard folders (e.g. the held-out `val` images), without decoding images.
+    A damaged shard is an error naming it unless `skip_damaged` (then it is left out, with a warning)."""
+    from dual_encoder.data import pipeline
+
+    return [image_id for image_id, _ in pipeline.image_caption_lists(_shard_files(dirs, split, skip_damaged))]
+
+
+def shard_records(dirs: Sequence[str], split: str, skip_damaged: bool = False) -> tuple[list[ImageRecord], dict]:
+    """Records (JPEG bytes + captions) from TFRecord shards written by `python -m dual_encoder.data`.
+    A damaged shard is an error naming it unless `skip_damaged` (then it is left out, with a warning)."""
     import tensorflow as tf
 
-    from dual_encoder.data import schema, tfrecords
+    from dual_encoder.data import schema
 
-    files = tfrecords.list_shards(list(dirs), split)
+    files = _shard_files(dirs, split, skip_damaged)
     records = []
     for path in files:
         for example in tf.data.TFRecordDataset(path).map(schema.parse_example).as_numpy_iterator():

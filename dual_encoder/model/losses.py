@@ -8,15 +8,12 @@ Row i's positive is column `offset + i`.
 
 from __future__ import annotations
 
-import math
-
 import tensorflow as tf
 
-from dual_encoder.config import LOGIT_SCALE_INIT  # noqa: F401  (CLIP's init, part of this module's API)
+from dual_encoder.config import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX  # noqa: F401  (CLIP's init and clamp, part of this module's API)
 from dual_encoder.errors import InvalidArgumentError
 
 MASKED_LOGIT = -1e9
-LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps the scale at 100
 
 
 def positive_mask(ids_local, ids_global, offset):

@@ -132,6 +132,7 @@ def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="aut
     `config.train.mixed_precision` for the call and restored afterwards.
     """
     _check_arguments(config, shard_dirs, output_dir)
+    config.validate()  # fields assigned past their checks, and the rules between fields
     if isinstance(shard_dirs, (str, os.PathLike)):
         shard_dirs = [shard_dirs]
     shard_dirs = [str(d) for d in shard_dirs]
@@ -197,7 +198,8 @@ def _load_best_weights(model, output_dir: Path) -> None:
 
 
 def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export: bool) -> dict:
-    from dual_encoder.data.tfrecords import list_shards
+    from dual_encoder.data.integrity import intact_shards
+    from dual_encoder.data.tfrecords import NoShardsError, list_shards
     from dual_encoder.evaluation import plots, retrieval
 
     started = time.perf_counter()
@@ -216,6 +218,10 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
     except (FileNotFoundError, ValueError):
         val_files = []
         logger.warning("no validation shards in %s: monitoring the training loss instead", shard_dirs)
+    intact = set(intact_shards(train_files + val_files, config.data.skip_damaged_shards))
+    train_files, val_files = [f for f in train_files if f in intact], [f for f in val_files if f in intact]
+    if not train_files:
+        raise NoShardsError(f"no intact training shard left in {', '.join(shard_dirs)}")
     captions = [c for _, caps in pipeline.image_caption_lists(train_files, max_images=CAPTION_SAMPLE) for c in caps]
     use_cache = config.data.feature_cache and not (config.model.train_image_tower or config.model.train_text_tower)
     # On cached features the step holds only the heads, whose many small ops XLA fuses: measured 7.2 s
