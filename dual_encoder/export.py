@@ -10,9 +10,12 @@ is the log of the learned logit scale.
 
 from __future__ import annotations
 
+import os
+
 import keras
 import tensorflow as tf
 
+from dual_encoder import files
 from dual_encoder.data.pipeline import resize_image
 from dual_encoder.errors import InvalidArgumentError
 
@@ -62,4 +65,6 @@ def export_saved_model(model, path: str) -> str:
     archive.add_variable_collection("image_size", [tf.Variable(list(model.image_size), trainable=False, dtype=tf.int32)])
     archive.add_variable_collection("resize_mode", [tf.Variable(model.resize, trainable=False, dtype=tf.string)])
     archive.write_out(path, verbose=False)
+    # sha256 of every file, beside them (TensorFlow ignores files it does not know): checked before evaluation loads it
+    files.write_json(os.path.join(path, files.TREE_CHECKSUMS), files.tree_sha256(path))
     return path

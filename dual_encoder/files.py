@@ -17,6 +17,7 @@ import uuid
 from typing import Iterator, Optional, Union
 
 TMP_MARK = ".tmp-"
+TREE_CHECKSUMS = "dual_encoder_checksums.json"  # a folder's record of `tree_sha256`, kept inside it
 
 
 def _gfile():
@@ -48,6 +49,35 @@ def write_atomic(path: Union[str, os.PathLike], data: Union[bytes, str]) -> None
 def write_json(path: Union[str, os.PathLike], value, indent: Optional[int] = 2) -> None:
     """`value` as JSON (values JSON lacks written as str), atomically."""
     write_atomic(path, json.dumps(value, indent=indent, default=str))
+
+
+def tree_sha256(folder: Union[str, os.PathLike], leave_out: tuple = ()) -> dict[str, str]:
+    """sha256 of every file below a local `folder`, by relative path: a record to check it against later."""
+    folder = os.fspath(folder)
+    digests = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder)
+            if relative not in leave_out:
+                with open(path, "rb") as handle:
+                    digests[relative] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return dict(sorted(digests.items()))
+
+
+def changed_files(folder: Union[str, os.PathLike], recorded: dict[str, str]) -> list[str]:
+    """The files of `recorded` that are missing below `folder` or differ from their recorded sha256."""
+    changed = []
+    for relative, digest in recorded.items():
+        path = os.path.join(os.fspath(folder), relative)
+        try:
+            with open(path, "rb") as handle:
+                same = hashlib.file_digest(handle, "sha256").hexdigest() == digest
+        except OSError:
+            same = False
+        if not same:
+            changed.append(relative)
+    return changed
 
 
 def json_digest(value, algorithm: str = "sha256", length: Optional[int] = None) -> str:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +121,24 @@ def test_float_images_outside_0_1_are_an_error_at_both_ends(tiny_model, tmp_path
         broken[1, 3, 4, 2] = bad
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"float images must be in \[0, 1\]"):
             reloaded.encode_image(tf.constant(broken))
+
+
+def test_a_damaged_export_is_named_with_how_to_write_it_again(tiny_model, tmp_path, capsys):
+    from dual_encoder import files
+    from dual_encoder.cli import evaluate
+    from dual_encoder.evaluation.embedders import EmbedderError, SavedModelEmbedder
+
+    path = Path(export_saved_model(tiny_model, str(tmp_path / "run" / "saved_model")))
+    SavedModelEmbedder(path, progress=False)  # whole: loads
+    weights = next((path / "variables").glob("variables.data-*"))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    weights.write_bytes(bytes(data))
+    with pytest.raises(EmbedderError, match=r"is damaged \(variables/variables\.data-.*export it again: rerun the train\.py"):
+        SavedModelEmbedder(path)
+    assert evaluate.main(["--model", str(tmp_path / "run"), "--sample", "--sample-images", "4", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: the SavedModel at") and len(error.splitlines()) == 1
+    (path / files.TREE_CHECKSUMS).unlink()  # an export from before the record: TensorFlow's own CRC check, explained
+    with pytest.raises(EmbedderError, match=r"cannot be loaded \(DataLossError: .*export it again"):
+        SavedModelEmbedder(path)

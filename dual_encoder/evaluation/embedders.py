@@ -269,6 +269,31 @@ def training_image_prep(saved_model_dir: Path) -> Optional[ImagePrep]:
         return None
 
 
+_REEXPORT = ("export it again: rerun the train.py command that made the run (a finished run only exports), or "
+             "dual_encoder.export_saved_model(model, PATH) from the run's model.keras")
+
+
+def _load_saved_model(path: Path):
+    """tf.saved_model.load after checking the files against the checksums the export recorded;
+    a damaged or unloadable export is an EmbedderError naming it and how to write it again."""
+    import tensorflow as tf
+
+    record = path / files.TREE_CHECKSUMS
+    if record.is_file():
+        try:
+            changed = files.changed_files(path, json.loads(record.read_text()))
+        except (OSError, ValueError, AttributeError):
+            changed = [files.TREE_CHECKSUMS]
+        if changed:
+            raise EmbedderError(f"the SavedModel at {path} is damaged ({', '.join(changed[:3])} differ from the checksums "
+                                f"written at export): {_REEXPORT}")
+    try:
+        return tf.saved_model.load(str(path))
+    except (tf.errors.OpError, OSError, ValueError) as error:
+        cause = str(getattr(error, "message", error)).splitlines()[0][:200]
+        raise EmbedderError(f"the SavedModel at {path} cannot be loaded ({type(error).__name__}: {cause}): {_REEXPORT}") from None
+
+
 class SavedModelEmbedder(BatchedEmbedder):
     """An exported dual encoder: endpoints `encode_image` (uint8, any size) and `encode_text`."""
 
@@ -281,7 +306,7 @@ class SavedModelEmbedder(BatchedEmbedder):
             pass
         self._tf = tf
         self.path = find_saved_model(path)
-        self.model = tf.saved_model.load(str(self.path))
+        self.model = _load_saved_model(self.path)
         super().__init__(prep or training_image_prep(self.path) or self._recorded_prep(), batch_size, progress)
         missing = [name for name in ("encode_image", "encode_text") if not hasattr(self.model, name)]
         if missing:
