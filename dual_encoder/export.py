@@ -66,5 +66,5 @@ def export_saved_model(model, path: str) -> str:
     archive.add_variable_collection("resize_mode", [tf.Variable(model.resize, trainable=False, dtype=tf.string)])
     archive.write_out(path, verbose=False)
     # sha256 of every file, beside them (TensorFlow ignores files it does not know): checked before evaluation loads it
-    files.write_json(os.path.join(path, files.TREE_CHECKSUMS), files.tree_sha256(path))
+    files.write_json(os.path.join(path, files.TREE_CHECKSUMS), files.tree_sha256(path, leave_out=(files.TREE_CHECKSUMS,)))
     return path

@@ -26,9 +26,21 @@ def _gfile():
     return tf.io.gfile
 
 
-def temporary_name(path: Union[str, os.PathLike]) -> str:
-    """`path` + TMP_MARK + 12 random hex digits: unique per writer, found by the mark."""
-    return f"{os.fspath(path)}{TMP_MARK}{uuid.uuid4().hex[:12]}"
+def temporary_name(path: Union[str, os.PathLike], suffix: str = "") -> str:
+    """`path` + TMP_MARK + 12 random hex digits: unique per writer, found by the mark. With
+    `suffix`, the temporary keeps that ending (Keras wants `.weights.h5` and `.keras` names)."""
+    path = os.fspath(path)
+    stem = path.removesuffix(suffix) if suffix else path
+    return f"{stem}{TMP_MARK}{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def file_sha256(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
+    """sha256 of a local file, read in chunks (hashlib.file_digest needs Python 3.11)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -60,8 +72,7 @@ def tree_sha256(folder: Union[str, os.PathLike], leave_out: tuple = ()) -> dict[
             path = os.path.join(root, name)
             relative = os.path.relpath(path, folder)
             if relative not in leave_out:
-                with open(path, "rb") as handle:
-                    digests[relative] = hashlib.file_digest(handle, "sha256").hexdigest()
+                digests[relative] = file_sha256(path)
     return dict(sorted(digests.items()))
 
 
@@ -71,8 +82,7 @@ def changed_files(folder: Union[str, os.PathLike], recorded: dict[str, str]) -> 
     for relative, digest in recorded.items():
         path = os.path.join(os.fspath(folder), relative)
         try:
-            with open(path, "rb") as handle:
-                same = hashlib.file_digest(handle, "sha256").hexdigest() == digest
+            same = file_sha256(path) == digest
         except OSError:
             same = False
         if not same:

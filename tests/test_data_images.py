@@ -190,3 +190,15 @@ def test_deep_images_without_a_known_white_are_unsupported_not_wrong(what, data,
     with pytest.raises(UnsupportedImageError, match=message) as raised:
         to_rgb_jpeg(data, name="scan.tif")
     assert "scan.tif" in str(raised.value) and raised.value.reason == "unsupported_image", what
+
+
+def test_a_16_bit_png_opened_as_mode_i_is_scaled_like_one_opened_as_i16():
+    """Pillow before 10.3 opens 16-bit gray PNGs as mode I (32-bit): still 16-bit samples."""
+    import numpy as np
+    from PIL import Image
+
+    from dual_encoder.data import images
+
+    image = Image.fromarray(np.full((4, 4), 32768, np.int32), mode="I")
+    image.format = "PNG"
+    assert abs(int(np.asarray(images.to_rgb(image, "gray16.png"))[0, 0, 0]) - 128) <= 1

@@ -134,7 +134,7 @@ def test_a_damaged_export_is_named_with_how_to_write_it_again(tiny_model, tmp_pa
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x10
     weights.write_bytes(bytes(data))
-    with pytest.raises(EmbedderError, match=r"is damaged \(variables/variables\.data-.*export it again: rerun the train\.py"):
+    with pytest.raises(EmbedderError, match=r"is damaged \(variables/variables\.data-.*export it again from the run's model"):
         SavedModelEmbedder(path)
     assert evaluate.main(["--model", str(tmp_path / "run"), "--sample", "--sample-images", "4", "--quiet"]) == 2
     error = capsys.readouterr().err.strip()
@@ -142,3 +142,12 @@ def test_a_damaged_export_is_named_with_how_to_write_it_again(tiny_model, tmp_pa
     (path / files.TREE_CHECKSUMS).unlink()  # an export from before the record: TensorFlow's own CRC check, explained
     with pytest.raises(EmbedderError, match=r"cannot be loaded \(DataLossError: .*export it again"):
         SavedModelEmbedder(path)
+
+
+def test_exporting_again_into_the_same_folder_is_not_reported_as_damaged(tiny_model, tmp_path):
+    from dual_encoder.evaluation.embedders import SavedModelEmbedder
+
+    path = tmp_path / "saved_model"
+    export_saved_model(tiny_model, str(path))
+    export_saved_model(tiny_model, str(path))  # the repair an EmbedderError suggests
+    assert SavedModelEmbedder(path, progress=False).encode_texts(["a red circle"]).shape == (1, 16)

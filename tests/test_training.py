@@ -176,3 +176,40 @@ def test_train_checks_values_written_past_the_config_checks(shard_dir, tmp_path)
     object.__setattr__(config.train, "epochs", 0)  # as a caller poking the dataclass directly would
     with pytest.raises(InvalidArgumentError, match="--epochs"):
         training.train(config, [shard_dir], tmp_path / "run", verbose=0)
+
+
+def test_a_diverged_epoch_is_never_saved_over_the_last_good_one(shard_dir, tmp_path, monkeypatch):
+    from dual_encoder.training import checkpoints
+
+    run = tmp_path / "run"
+    training.train(tiny_config(epochs=1), [shard_dir], run, verbose=0, export=False)
+
+    def nan_loss(*args, **kwargs):
+        loss, a, b = losses.infonce(*args, **kwargs)
+        return loss * float("nan"), a, b
+
+    monkeypatch.setitem(losses.LOSSES, "infonce", nan_loss)
+    with pytest.raises(training.TrainingDiverged, match="epoch 2, batch 1"):
+        training.train(tiny_config(epochs=2), [shard_dir], run, verbose=0, export=False)
+    for name in ("backup/latest.weights.h5", "checkpoints/last.weights.h5", "checkpoints/best.weights.h5"):
+        assert checkpoints.recorded_epoch(run / name) == 1, name  # rerunning resumes from good weights
+
+
+def test_a_run_folder_from_before_a_new_setting_still_resumes(shard_dir, tmp_path):
+    run = tmp_path / "run"
+    training.train(tiny_config(epochs=1), [shard_dir], run, verbose=0, export=False)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["data"]["skip_damaged_shards"]  # as config.json was written before that flag existed
+    (run / "config.json").write_text(json.dumps(saved))
+    config = tiny_config(epochs=2)
+    config.data.skip_damaged_shards = True  # the way out a damaged-shard error offers: allowed on resume
+    assert training.train(config, [shard_dir], run, verbose=0, export=False)["epochs_this_call"] == 1
+
+
+def test_a_size_the_tower_cannot_take_is_named_by_its_flags(shard_dir, tmp_path):
+    from dual_encoder.errors import InvalidArgumentError
+
+    config = tiny_config(epochs=1)
+    config.model.image_encoder, config.model.pretrained, config.model.image_size = "xception", False, 32
+    with pytest.raises(InvalidArgumentError, match=r"--image-encoder xception --image-size 32 .*at least 71"):
+        training.train(config, [shard_dir], tmp_path / "run", verbose=0)

@@ -46,8 +46,8 @@ class FolderLockedError(DualEncoderError, OSError):
 def folder_lock(folder: str) -> Iterator[str]:
     """Holds the writer lock of `folder` (which must exist) for the block; yields the lock's path."""
     path = os.path.join(folder, LOCK_NAME)
-    if fcntl is not None and not is_url(folder):
-        fd = _lock_local(folder, path)
+    fd = _try_lock_local(folder, path) if fcntl is not None and not is_url(folder) else None
+    if fd is not None:
         try:
             yield path
         finally:
@@ -59,6 +59,18 @@ def folder_lock(folder: str) -> Iterator[str]:
             yield path
         finally:
             _remove(path)
+
+
+def _try_lock_local(folder: str, path: str) -> Optional[int]:
+    """The flock'ed lock file, or None where the file system refuses flock (NFS without lockd):
+    then the lock file alone is the lock, as on gs://."""
+    try:
+        return _lock_local(folder, path)
+    except FolderLockedError:
+        raise
+    except OSError as error:
+        logger.warning("%s: the file system refuses flock (%s); the lock file alone guards the folder", folder, error)
+        return None
 
 
 def _lock_local(folder: str, path: str) -> int:

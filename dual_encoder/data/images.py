@@ -144,7 +144,7 @@ def to_rgb_jpeg(
     try:
         if _orientation(image) != 1:
             image = ImageOps.exif_transpose(image)
-        image = _to_rgb(image, name)
+        image = to_rgb(image, name)
         if max_side is not None and max(image.size) > max_side:
             scale = max_side / max(image.size)
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -216,7 +216,7 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+def to_rgb(image: Image.Image, name: str) -> Image.Image:
     """Converts every Pillow mode to 8-bit RGB; alpha is flattened onto white.
 
     Deep gray images are scaled from their own white level (65535 for 16-bit, 1.0 for floats), never
@@ -250,7 +250,9 @@ def _float_white(image: Image.Image, name: str) -> float:
 
 def _integer_white(image: Image.Image, name: str) -> float:
     """65535 for 16-bit gray (PNG, TIFF; Pillow scales 16-bit PGM to it); 32-bit integers have no known white."""
-    sixteen_bit = image.mode.startswith("I;16") or (image.mode == "I" and (image.format == "PPM" or _tiff_bits(image) == 16))
+    # Pillow before 10.3 opens 16-bit gray PNGs as mode I; PNG samples have at most 16 bits
+    sixteen_bit = image.mode.startswith("I;16") or (image.mode == "I" and (image.format in ("PPM", "PNG")
+                                                                            or _tiff_bits(image) == 16))
     if not sixteen_bit or np.asarray(image).min(initial=0) < 0:
         raise UnsupportedImageError(
             f"{name}: {_tiff_bits(image) or 32}-bit integer image (mode {image.mode}) has no known white level; "

@@ -180,7 +180,8 @@ def _commit_manifest(out_dir: str, manifest: dict) -> dict:
     if tf.io.gfile.exists(path):
         with contextlib.suppress(ValueError), tf.io.gfile.GFile(path, "r") as f:
             old = json.load(f)
-            if {k: v for k, v in old.items() if k != "finished"} == {k: v for k, v in manifest.items() if k != "finished"}:
+            same = [k for k in old if k != "finished"]  # keys newer than the folder's manifest are not a change
+            if all(old[k] == manifest.get(k) for k in same) and set(same) <= set(manifest):
                 return old
     files.write_json(path, manifest)
     return manifest

@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from dual_encoder import config, files
-from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb_jpeg
+from dual_encoder.data.images import MissingImageError, UndecodableImageError, read_bytes, to_rgb, to_rgb_jpeg
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError, WrongTypeError
 from dual_encoder.evaluation.retrieval import l2_normalize
@@ -122,8 +122,8 @@ def load_rgb(source, name: str = "image") -> np.ndarray:
     """
     import tensorflow as tf
 
-    if isinstance(source, Image.Image):
-        source = np.asarray(source.convert("RGB"))
+    if isinstance(source, Image.Image):  # deep and float modes scaled from their white level, as the writer does
+        source = np.asarray(to_rgb(source, name))
     if isinstance(source, np.ndarray) and source.dtype.kind == "f":
         if source.size and not (0.0 <= float(source.min()) and float(source.max()) <= 1.0):
             raise InvalidArgumentError(f"{name}: float pixels must be in [0, 1]; pass uint8 for 0..255 pixels")
@@ -269,8 +269,8 @@ def training_image_prep(saved_model_dir: Path) -> Optional[ImagePrep]:
         return None
 
 
-_REEXPORT = ("export it again: rerun the train.py command that made the run (a finished run only exports), or "
-             "dual_encoder.export_saved_model(model, PATH) from the run's model.keras")
+_REEXPORT = ("export it again from the run's model.keras: import keras, dual_encoder.model, dual_encoder.export; "
+             "dual_encoder.export.export_saved_model(keras.models.load_model('RUN/model.keras'), 'RUN/saved_model')")
 
 
 def _load_saved_model(path: Path):

@@ -14,7 +14,7 @@ import urllib.error
 from pathlib import Path
 from typing import Optional, Union
 
-from dual_encoder import _compat
+from dual_encoder import _compat, files
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError, PathNotFoundError
 
 
@@ -64,12 +64,11 @@ def downloading(name: str, what: str, instead: str):
 def _fingerprint(path: Union[str, os.PathLike]) -> str:
     """sha256 over a file's or directory's contents: the spec changes when the weights do."""
     path = Path(path).expanduser()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
-    for file in files:
+    for file in found:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with open(file, "rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+        digest.update(bytes.fromhex(files.file_sha256(file)))
     return digest.hexdigest()
 
 

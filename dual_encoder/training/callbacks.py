@@ -22,6 +22,7 @@ from dual_encoder.config import RunConfig
 from dual_encoder.training.checkpoints import (
     DamagedCheckpointError,
     WeightsCheckpoint,
+    finite_loss,
     load_weights,
     recorded_epoch,
     save_weights,
@@ -110,6 +111,8 @@ class ResumeBackup(keras.callbacks.Callback):
         self.weights, self.metadata = output_dir.joinpath(*BACKUP_WEIGHTS), output_dir.joinpath(*BACKUP_METADATA)
 
     def on_epoch_end(self, epoch, logs=None):
+        if not finite_loss(logs):  # the NaN guard stops the run: the backup keeps the last good epoch
+            return
         save_weights(self.model, self.weights, epoch=epoch + 1)
         files.write_json(self.metadata, {"epoch": epoch + 1, "batch": 0}, indent=None)
 
@@ -131,6 +134,10 @@ def restore_backup(model: keras.Model, output_dir: Path) -> int:
     checkpoints/last.weights.h5 where that is intact; otherwise the error says what to delete."""
     backup = output_dir.joinpath(*BACKUP_WEIGHTS)
     if not backup.exists():
+        return 0
+    if recorded_epoch(backup) is None and not output_dir.joinpath(*BACKUP_METADATA).exists():
+        logger.warning("%s has no record of its epoch (a run killed while saving its first epoch): training starts "
+                       "again from epoch 1", backup)
         return 0
     model.build_optimizer()
     try:

@@ -12,7 +12,6 @@ has no record and is trusted as before.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -70,11 +69,6 @@ def require_free_space(folder: Path, needed: int, what: str) -> None:
                             f"MiB needed, {free / 2**20:.1f} MiB free): free some space and rerun the same command")
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _records(folder: Path) -> dict:
     try:
         return json.loads((folder / CHECKSUMS).read_text())
@@ -82,9 +76,20 @@ def _records(folder: Path) -> dict:
         return {}
 
 
+def _matching_record(path: Path) -> Optional[dict]:
+    """The record (sha256, epoch) of the file `path` holds now: the latest, or the one before it
+    when a writer was killed between recording a new file and renaming it into place. None when
+    nothing is recorded; {} when the file matches neither (damaged)."""
+    entry = _records(path.parent).get(path.name)
+    if not entry:
+        return None
+    digest = files.file_sha256(path)
+    return next((r for r in (entry, entry.get("previous") or {}) if r.get("sha256") == digest), {})
+
+
 def recorded_epoch(path: Path) -> Optional[int]:
     """The epoch count `path` was saved after, as recorded with its checksum (None if unknown)."""
-    return _records(path.parent).get(path.name, {}).get("epoch")
+    return (_matching_record(path) or {}).get("epoch") if path.exists() else None
 
 
 def save_weights(model: keras.Model, path, epoch: Optional[int] = None) -> None:
@@ -92,26 +97,26 @@ def save_weights(model: keras.Model, path, epoch: Optional[int] = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     require_free_space(path.parent, weights_bytes(model) + MARGIN_BYTES, path.name)
-    tmp = path.with_name(f"{path.name.removesuffix(WEIGHTS_SUFFIX)}{files.TMP_MARK}{os.urandom(6).hex()}{WEIGHTS_SUFFIX}")
+    tmp = Path(files.temporary_name(path, suffix=WEIGHTS_SUFFIX))
     try:
         model.save_weights(str(tmp))
-        digest = _sha256(tmp)
+        # Recorded before the rename, keeping the previous record: killed in between, the old file
+        # still matches a record (and its epoch), so nothing whole is ever reported as damaged.
+        records = _records(path.parent)
+        previous = _matching_record(path) if path.exists() else None
+        records[path.name] = {"sha256": files.file_sha256(tmp), "epoch": epoch, "previous": previous or None}
+        files.write_json(path.parent / CHECKSUMS, records)
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         problem = DiskFullError if error.errno == errno.ENOSPC else CheckpointWriteError
         raise problem(f"could not write {path} ({error.strerror or error}); the previous file is kept: fix that and "
                       "rerun the same command to resume", error.errno) from None
-    records = _records(path.parent)
-    records[path.name] = {"sha256": digest, "epoch": epoch}
-    files.write_json(path.parent / CHECKSUMS, records)
 
 
 def verify(path) -> None:
     """Raises DamagedCheckpointError if `path` differs from the checksum recorded when it was written."""
-    path = Path(path)
-    expected = _records(path.parent).get(path.name, {}).get("sha256")
-    if expected is not None and _sha256(path) != expected:
+    if _matching_record(Path(path)) == {}:
         raise DamagedCheckpointError(f"{path} is damaged: its sha256 differs from the one recorded when it was written")
 
 
@@ -122,6 +127,12 @@ def load_weights(model: keras.Model, path) -> None:
         model.load_weights(str(path))
     except (OSError, ValueError) as error:
         raise DamagedCheckpointError(f"{path} cannot be read ({str(error).splitlines()[0][:200]})") from None
+
+
+def finite_loss(logs) -> bool:
+    """False after a NaN or infinite loss: such weights are never saved over good ones."""
+    loss = (logs or {}).get("loss")
+    return loss is None or np.isfinite(float(loss))
 
 
 class WeightsCheckpoint(keras.callbacks.Callback):
@@ -136,6 +147,8 @@ class WeightsCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs_done = epoch + 1
+        if not finite_loss(logs):
+            return
         if self.monitor is not None:
             value = (logs or {}).get(self.monitor)
             if value is None or not float(value) < self.best:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,7 +15,9 @@ from dual_encoder.training.checkpoints import CheckpointWriteError
 
 # More (or fewer) epochs; cached or not, the same model; how shards are written (the shards
 # themselves are compared by data_identity, and these settings do nothing with --tfrecords).
-RESUMABLE_CHANGES = {"epochs", "feature_cache", "val_fraction", "split_seed", "images_per_shard", "max_side"}
+# --skip-damaged-shards only drops shards that cannot be read anyway.
+RESUMABLE_CHANGES = {"epochs", "feature_cache", "val_fraction", "split_seed", "images_per_shard", "max_side",
+                     "skip_damaged_shards"}
 
 
 def prepare_output_dir(path: Path) -> Path:
@@ -30,7 +33,19 @@ def prepare_output_dir(path: Path) -> Path:
     except OSError as error:
         raise CheckpointWriteError(f"--output-dir {path}: cannot write there ({error.strerror or error})",
                                    error.errno) from None
+    _remove_temporaries(path)
     return path
+
+
+def _remove_temporaries(path: Path) -> None:
+    """Leftovers of a writer killed mid-write (whole-size weights, model.keras, saved_model/):
+    one run writes a folder at a time, so any temporary found when it starts is stale."""
+    for folder in (path, path / "checkpoints", path / "backup"):
+        for leftover in folder.glob(f"*{files.TMP_MARK}*") if folder.is_dir() else ():
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def read_log(path: Path) -> dict[str, list[float]]:
@@ -81,10 +96,16 @@ def check_same_config(output_dir: Path, config_dict: dict, shards: list[str]) ->
     (weights, log.csv, and a best checkpoint chosen across two validation sets)."""
     path = output_dir / "config.json"
     if path.exists() and (output_dir / "backup").exists():
-        previous = json.loads(path.read_text())
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            raise InvalidArgumentError(f"{path} is unreadable, so the run in {output_dir} cannot be checked for a resume: "
+                                       "use a new --output-dir, or delete its backup/ to train it again") from None
+        # A setting newer than the folder's config.json did not exist when it was written: not a change.
         changed = sorted(
             f"{section}.{key}" for section in ("model", "data", "train") for key in config_dict[section]
-            if previous.get(section, {}).get(key) != config_dict[section][key] and key not in RESUMABLE_CHANGES
+            if key in previous.get(section, {}) and previous[section][key] != config_dict[section][key]
+            and key not in RESUMABLE_CHANGES
         )
         if previous.get("preset") != config_dict["preset"]:
             changed.append("preset")
@@ -95,4 +116,4 @@ def check_same_config(output_dir: Path, config_dict: dict, shards: list[str]) ->
                 f"{output_dir} holds a run with other settings ({', '.join(changed)}); "
                 "use a new --output-dir, or the same flags and data to resume it"
             )
-    path.write_text(json.dumps({**config_dict, "shards": shards}, indent=2))
+    files.write_json(path, {**config_dict, "shards": shards})

@@ -144,6 +144,21 @@ def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="aut
         keras.mixed_precision.set_global_policy(policy)
 
 
+def _build_towers_for_flags(config: RunConfig, captions):
+    """build_towers, with Keras' and keras-hub's own refusals (an image size a tower cannot take,
+    a weights file of another architecture) said in the flags' words instead of a traceback."""
+    try:
+        return build_towers(config, captions)
+    except ValueError as error:
+        if isinstance(error, DualEncoderError):
+            raise
+        m = config.model
+        cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise InvalidArgumentError(f"the towers cannot be built with --image-encoder {m.image_encoder} --image-size "
+                                   f"{m.image_size} --image-weights {m.image_weights} --text-encoder {m.text_encoder}: "
+                                   f"{cause}") from None
+
+
 def _check_arguments(config, shard_dirs, output_dir) -> None:
     """The public entry point says what it expected instead of failing deep inside."""
     if not isinstance(config, RunConfig):
@@ -160,7 +175,7 @@ def _check_arguments(config, shard_dirs, output_dir) -> None:
 def _save_model_file(model, path: Path) -> None:
     """model.keras, whole or not at all, after checking there is room for it."""
     require_free_space(path.parent, weights_bytes(model) + MARGIN_BYTES, path.name)
-    tmp = path.with_name(f"{path.stem}{files.TMP_MARK}{os.urandom(6).hex()}{path.suffix}")  # keras wants the .keras suffix
+    tmp = Path(files.temporary_name(path, suffix=path.suffix))  # keras wants the .keras suffix
     try:
         model.save(str(tmp))
         os.replace(tmp, path)
@@ -173,7 +188,7 @@ def _export(model, path: Path) -> None:
     from dual_encoder.export import export_saved_model
 
     require_free_space(path.parent, weights_bytes(model) + MARGIN_BYTES, path.name)
-    tmp, old = (path.with_name(f"{path.name}{files.TMP_MARK}{os.urandom(6).hex()}") for _ in range(2))
+    tmp, old = Path(files.temporary_name(path)), Path(files.temporary_name(path))
     try:
         export_saved_model(model, str(tmp))
         if path.exists():
@@ -229,7 +244,7 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
     jit_compile = config.train.jit_compile or (use_cache and strategy.num_replicas_in_sync == 1)
 
     with strategy.scope():
-        image_tower, text_tower, sequence_stats = build_towers(config, captions)
+        image_tower, text_tower, sequence_stats = _build_towers_for_flags(config, captions)
         model = build_model(config, image_tower, text_tower)
         model.compile(optimizer=make_optimizer(config, model), jit_compile=jit_compile)
 
