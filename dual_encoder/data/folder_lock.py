@@ -6,7 +6,8 @@ a crashed run's leftovers), so the second must refuse at once instead of racing 
 Local folders use `flock` on `DIR/.writer.lock`: the kernel releases it when the holder ends,
 even by `kill -9`, so a lock never outlives its writer and a rerun after a crash just works.
 Remote folders (gs://, hdfs://) have no such lock; there the lock file itself is the lock,
-created only if absent. One whose writer ran on this host and no longer runs is stale and
+created only if absent (by check-then-rename, which is not atomic there: two writers
+starting in the same instant can both get it). One whose writer ran on this host and no longer runs is stale and
 taken over (with a warning); one from another host is refused with how to clear it by hand.
 The file records pid, host and start time, so the refusal can say who holds the folder.
 """
