@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Text-to-image search over a folder: python evaluate.py search --help",
+        epilog="Text-to-image search over a folder: python evaluate.py search --help; index a photo folder once for "
+        "repeated searches: python evaluate.py index --help",
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser)
@@ -123,11 +124,46 @@ def build_search_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("query", help="the text to search for, e.g. 'cars on the street at night'")
-    parser.add_argument("--images", required=True, metavar="DIR", help="folder of images (sub-folders included)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--images", metavar="DIR", help="folder of images (sub-folders included), embedded as needed")
+    where.add_argument("--index", metavar="PATH", help="an index folder built by evaluate.py index (same --model)")
     parser.add_argument("--top-k", type=int, default=9,
                         help="how many matches to show" + flags.range_help(FLAG_BOUNDS["top_k"]))
     add_model_arguments(parser)
     return parser
+
+
+def build_index_parser() -> argparse.ArgumentParser:
+    from dual_encoder.search import BACKENDS
+
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py index",
+        description="Build or update the index folder of a photo folder: only new or changed files are embedded, "
+        "deleted ones leave, an index of another model is refused (--rebuild starts afresh). A build killed at any "
+        "point leaves the old index whole; rerun to finish.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--images", required=True, metavar="DIR", help="folder of images (sub-folders included)")
+    parser.add_argument("--index", required=True, metavar="PATH", help="the index folder (created if needed)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="exact search, or FAISS HNSW / IVF-PQ; auto picks by size (exact below 20,000 images)")
+    parser.add_argument("--rebuild", action="store_true", help="index again from scratch, e.g. for another --model")
+    add_model_arguments(parser)
+    return parser
+
+
+def run_index(args) -> Path:
+    from dual_encoder.evaluation import runs
+    from dual_encoder.search import build_index
+
+    runs.list_images(args.images)  # a bad folder fails before the model loads
+    embedder, _ = _embedder_and_cache(args)
+    _, report = build_index(embedder, args.images, args.index, args.backend, args.rebuild)
+    skipped = sum(report["skipped"].values())
+    print(f"indexed {report['images']} images into {args.index} ({report['embedded']} embedded, {report['reused']} "
+          f"reused, {report['removed']} removed, {skipped} unreadable skipped); backend {report['backend']}, "
+          f"recall@10 against exact search {report['recall_at_10']:.3f}")
+    return Path(args.index)
 
 
 def _embedder_and_cache(args):
@@ -244,25 +280,43 @@ def run_retrieval(args, argv) -> Path:
 def run_search(args) -> Path:
     from dual_encoder import evaluation
     from dual_encoder.data.records import SkipCounter
-    from dual_encoder.evaluation import plots
-    from dual_encoder.evaluation.embedders import load_rgb
 
+    if args.index:
+        return _search_index(args)
     listing_skips = SkipCounter()
     paths = evaluation.list_images(args.images, listing_skips)  # a bad folder fails before the model loads
     embedder, cache = _embedder_and_cache(args)
     index, skipped = evaluation.folder_index(embedder, args.images, cache, listed=(paths, listing_skips))
     matches = evaluation.search(embedder, index, args.query, args.top_k)
+    return _show_matches(args, embedder, matches, args.images, len(index), skipped.as_dict())
+
+
+def _search_index(args) -> Path:
+    from dual_encoder.search import load_index
+
+    embedder, _ = _embedder_and_cache(args)
+    index = load_index(args.index, embedder.fingerprint())
+    found = index.search_text(embedder, args.query, args.top_k)
+    matches = [(str(index.root / path), score) for path, score in found]
+    return _show_matches(args, embedder, matches, str(index.root), len(index), index.manifest.get("skipped", {}))
+
+
+def _show_matches(args, embedder, matches, root, indexed: int, skipped: dict) -> Path:
+    """Prints the matches and writes search_results.png and .json."""
+    from dual_encoder.evaluation import plots
+    from dual_encoder.evaluation.embedders import load_rgb
+
     output_dir = Path(args.output_dir or "outputs/search")
     images = [embedder.prep(load_rgb(path)) for path, _ in matches]
-    labels = [os.path.relpath(path, args.images) for path, _ in matches]
+    labels = [os.path.relpath(path, root) for path, _ in matches]
     grid = plots.save_search_grid(images, [s for _, s in matches], labels, output_dir / "search_results.png", args.query)
     (output_dir / "search_results.json").write_text(json.dumps(
-        {"query": args.query, "images": str(Path(args.images).resolve()), "indexed": len(index),
-         "skipped": skipped.as_dict(), "model": embedder.describe(),
+        {"query": args.query, "images": str(Path(root).resolve()), "index": args.index, "indexed": indexed,
+         "skipped": skipped, "model": embedder.describe(),
          "matches": [{"path": p, "score": s} for p, s in matches]}, indent=2, default=str))  # fmt: skip
     for path, score in matches:
         print(f"{score:.4f}  {path}")
-    print(f"({len(index)} images indexed, {sum(skipped.values())} unreadable skipped; grid: {grid})")
+    print(f"({indexed} images indexed, {sum(skipped.values())} unreadable skipped; grid: {grid})")
     return grid
 
 
@@ -273,6 +327,11 @@ def main(argv=None) -> int:
             args = build_search_parser().parse_args(argv[1:])
             flags.check_flags(args, FLAG_BOUNDS)
             run_search(args)
+            return 0
+        if argv[:1] == ["index"]:
+            args = build_index_parser().parse_args(argv[1:])
+            flags.check_flags(args, FLAG_BOUNDS)
+            run_index(args)
             return 0
         args = build_parser().parse_args(argv)
         flags.check_flags(args, FLAG_BOUNDS)
