@@ -52,6 +52,24 @@ def writing(path: Union[str, os.PathLike]) -> Iterator[str]:
     _gfile().rename(tmp, os.fspath(path), overwrite=True)
 
 
+@contextlib.contextmanager
+def writing_folder(path: Union[str, os.PathLike]) -> Iterator[str]:
+    """A temporary sibling folder (not yet created) to write the local folder `path` through; when
+    the block ends without an exception it replaces `path` by renames, so readers and a rerun see
+    the old folder or the new one, never a mix. Leftovers are removed either way."""
+    import shutil
+
+    tmp, old = temporary_name(path), temporary_name(path)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def write_atomic(path: Union[str, os.PathLike], data: Union[bytes, str]) -> None:
     """Writes `data` (bytes, or text as UTF-8) to `path`: temporary name, then rename."""
     with writing(path) as tmp, _gfile().GFile(tmp, "w" if isinstance(data, str) else "wb") as f:

@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -69,8 +68,9 @@ def _version(path: str) -> str:
     return f"{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def load_index(index_path, expected_fingerprint: Optional[str] = None) -> PhotoIndex:
-    """The index folder at `index_path`; with `expected_fingerprint`, refused if built by another model."""
+def load_index(index_path, expected_fingerprint: Optional[str] = None, with_backend: bool = True) -> PhotoIndex:
+    """The index folder at `index_path`; with `expected_fingerprint`, refused if built by another model.
+    `with_backend=False` skips reading the backend file (an update only reuses the vectors)."""
     folder = Path(index_path)
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -82,7 +82,7 @@ def load_index(index_path, expected_fingerprint: Optional[str] = None) -> PhotoI
     if expected_fingerprint is not None and manifest.get("model_fingerprint") != expected_fingerprint:
         raise IndexMismatchError(f"--index {folder} was built with another model ({manifest.get('model', {}).get('path')}); "
                                  "search it with that model, or build it again with --rebuild")
-    backend = load_backend(manifest["backend"], str(folder / BACKEND_FILE))
+    backend = load_backend(manifest["backend"], str(folder / BACKEND_FILE)) if with_backend else None
     return PhotoIndex(Path(manifest["root"]), keys["paths"], keys["versions"], vectors, backend, manifest)
 
 
@@ -93,7 +93,7 @@ def _reusable(index_path: Path, fingerprint: str, rebuild: bool) -> dict:
             raise IndexMismatchError(f"--index {index_path}: exists and is not an index folder; pass an empty or new folder")
         return {}
     try:
-        old = load_index(index_path, fingerprint)
+        old = load_index(index_path, fingerprint, with_backend=False)
     except IndexMismatchError:
         if rebuild:
             return {}
@@ -103,19 +103,13 @@ def _reusable(index_path: Path, fingerprint: str, rebuild: bool) -> dict:
 
 def _write_folder(index_path: Path, manifest: dict, paths: list, versions: list, vectors: np.ndarray, backend) -> None:
     """Everything into a sibling temporary folder, then renamed over the old one."""
-    tmp, old = Path(files.temporary_name(index_path)), Path(files.temporary_name(index_path))
-    tmp.mkdir(parents=True)
-    try:
+    with files.writing_folder(index_path) as folder:
+        tmp = Path(folder)
+        tmp.mkdir(parents=True)
         np.save(tmp / VECTORS, vectors)
         backend.save(str(tmp / BACKEND_FILE))
         files.write_json(tmp / KEYS, {"paths": paths, "versions": versions})
         files.write_json(tmp / MANIFEST, manifest)  # last: a folder with a manifest is complete
-        if index_path.exists():
-            os.replace(index_path, old)
-        os.replace(tmp, index_path)
-    finally:
-        for leftover in (tmp, old):
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def build_index(embedder, images, index_path, backend: str = "auto", rebuild: bool = False,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -188,15 +187,8 @@ def _export(model, path: Path) -> None:
     from dual_encoder.export import export_saved_model
 
     require_free_space(path.parent, weights_bytes(model) + MARGIN_BYTES, path.name)
-    tmp, old = Path(files.temporary_name(path)), Path(files.temporary_name(path))
-    try:
-        export_saved_model(model, str(tmp))
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, old):
-            shutil.rmtree(leftover, ignore_errors=True)
+    with files.writing_folder(path) as tmp:
+        export_saved_model(model, tmp)
 
 
 def _load_best_weights(model, output_dir: Path) -> None:
