@@ -125,3 +125,93 @@ def test_the_index_and_search_commands(photos, tmp_path, tmp_path_factory, capsy
     with pytest.raises(SystemExit) as refused:  # argparse names the choices and exits 2
         evaluate.main(["index", "--images", str(photos), "--index", str(tmp_path / "idx"), "--backend", "annoy", *common])
     assert refused.value.code == 2 and "invalid choice: 'annoy'" in capsys.readouterr().err
+
+
+def test_the_embedding_cache_feeds_a_lost_index_and_forgets_deleted_files(embedder, photos, tmp_path):
+    from dual_encoder.evaluation.retrieval import EmbeddingCache, file_key
+
+    cache = EmbeddingCache(tmp_path / "cache", embedder.fingerprint())
+    assert index.build_index(embedder, photos, tmp_path / "idx", cache=cache)[1]["embedded"] == 9
+    gone = photos / "green" / "0.png"
+    assert file_key(gone) in cache
+    os.remove(gone)
+    shutil.rmtree(tmp_path / "idx")  # the index is lost; the cache is not
+    reread = EmbeddingCache(tmp_path / "cache", embedder.fingerprint())
+    _, report = index.build_index(embedder, photos, tmp_path / "idx", cache=reread)
+    assert (report["images"], report["embedded"], report["from_cache"]) == (8, 0, 8)
+    stored = EmbeddingCache(tmp_path / "cache", embedder.fingerprint())  # as saved on disk
+    assert len(stored) == 8 and not any(key.startswith(str(gone)) for key in stored._vectors)
+
+
+def test_a_search_of_a_folder_forgets_its_deleted_files_in_the_cache(embedder, photos, tmp_path):
+    from dual_encoder.evaluation import runs
+    from dual_encoder.evaluation.retrieval import EmbeddingCache
+
+    other = write_colour_folders(tmp_path / "other", ["red"], per_class=2, seed=9)  # another folder's entries stay
+    cache = EmbeddingCache(tmp_path / "cache", embedder.fingerprint())
+    runs.folder_index(embedder, other, cache)
+    runs.folder_index(embedder, photos, cache)
+    os.remove(photos / "red" / "1.png")
+    runs.folder_index(embedder, photos, cache)
+    assert len(EmbeddingCache(tmp_path / "cache", embedder.fingerprint())) == 2 + 8
+
+
+def test_an_index_left_between_the_two_renames_is_put_back(embedder, photos, tmp_path):
+    index.build_index(embedder, photos, tmp_path / "idx")
+    stranded = tmp_path / f"idx{index.files.TMP_MARK}0123456789ab"
+    os.replace(tmp_path / "idx", stranded)  # as a kill -9 after `idx -> old`, before `new -> idx`
+    (tmp_path / f"idx{index.files.TMP_MARK}ba9876543210").mkdir()  # a half-written new folder
+    _, report = index.build_index(embedder, photos, tmp_path / "idx")
+    assert (report["embedded"], report["reused"]) == (0, 9)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("idx")) == ["idx"]
+
+
+def test_two_builders_of_one_index_do_not_race(embedder, photos, tmp_path):
+    from dual_encoder.data.folder_lock import FolderLockedError, folder_lock
+
+    with folder_lock(str(tmp_path), "idx" + index.LOCK_SUFFIX):
+        with pytest.raises(FolderLockedError, match="idx.writer.lock"):
+            index.build_index(embedder, photos, tmp_path / "idx")
+    assert index.build_index(embedder, photos, tmp_path / "idx")[1]["images"] == 9
+
+
+KILLED_BUILDER = """
+import os, shutil, sys
+from pathlib import Path
+from dual_encoder.evaluation.embedders import load_embedder
+from dual_encoder.search.index import build_index
+model, photos, idx = sys.argv[1:4]
+embedder = load_embedder(model, progress=False)
+extra = Path(photos) / "extra.png"
+for round in range(10_000):  # builds for ever, one file more or less each time, until killed
+    if extra.exists():
+        os.remove(extra)
+    else:
+        shutil.copyfile(Path(photos, "red", "0.png"), extra)
+    build_index(embedder, photos, idx)
+    print("built", round, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_an_index_build_killed_with_sigkill_leaves_a_whole_index_and_a_rerun_completes_it(embedder, photos, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = str(embedder.path)
+    rng = np.random.default_rng(0)
+    for attempt in range(3):
+        builder = subprocess.Popen([sys.executable, "-c", KILLED_BUILDER, model, str(photos), str(tmp_path / "idx")],
+                                   stdout=subprocess.PIPE, text=True)
+        assert builder.stdout.readline().startswith("built")  # a first build finished: kill it in a later one
+        time.sleep(float(rng.uniform(0.0, 0.6)))
+        builder.send_signal(signal.SIGKILL)
+        builder.wait()
+        survived = index.load_index(tmp_path / "idx")  # whole: keys, vectors and backend agree
+        assert len(survived) == len(survived.vectors) == survived.manifest["size"] in (9, 10)
+        current = sorted(os.path.relpath(p, photos) for p in map(str, photos.rglob("*.png")))
+        rebuilt, report = index.build_index(embedder, photos, tmp_path / "idx")
+        assert sorted(rebuilt.paths) == current and report["images"] == len(current)
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("idx")) == ["idx"]

@@ -5,6 +5,9 @@
   python evaluate.py --model runs/sample --dataset csv --csv styles.csv --image-column id \
       --image-template 'images/{}.jpg' --label-column articleType --shards tfrecords/fashion --split val
   python evaluate.py search "cars on the street at night" --model runs/sample --images DIR --top-k 9
+  python evaluate.py index --model runs/sample --images DIR --index INDEX
+  python evaluate.py serve --model runs/sample --images DIR          # a search page at http://127.0.0.1:8000
+  python evaluate.py export-search --index INDEX --out DIR            # one SavedModel that searches the index
 
 --model takes a training output folder (with saved_model/ inside), an exported SavedModel, or a
 keras-hub CLIP/SigLIP preset name or local preset directory (the pretrained reference).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib
 import json
 import os
 import sys
@@ -34,6 +38,7 @@ RETRIEVAL = {"coco": "coco_dir", "csv": "csv", "jsonl": "jsonl", "tfds-captions"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dual_encoder" / "embeddings"
 DEFAULT_SHOTS = ["1", "4", "16", "all"]  # linear-probe training images per class
 # The numeric flags' ranges, checked before any data or model loads (argparse checks only the type).
+SUBCOMMAND_MODULES = {"serve": "dual_encoder.cli.serve", "export-search": "dual_encoder.cli.search_export"}
 FLAG_BOUNDS = {
     "batch_size": run_config.COUNT,
     "image_size": dataclasses.replace(run_config.IMAGE_SIDE, optional=True),
@@ -73,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Text-to-image search over a folder: python evaluate.py search --help; index a photo folder once for "
-        "repeated searches: python evaluate.py index --help",
+        "repeated searches: python evaluate.py index --help; a search page and HTTP API: python evaluate.py serve --help; "
+        "one SavedModel that searches an index: python evaluate.py export-search --help",
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser)
@@ -157,11 +163,12 @@ def run_index(args) -> Path:
     from dual_encoder.search import build_index
 
     runs.list_images(args.images)  # a bad folder fails before the model loads
-    embedder, _ = _embedder_and_cache(args)
-    _, report = build_index(embedder, args.images, args.index, args.backend, args.rebuild)
+    embedder, cache = _embedder_and_cache(args)
+    _, report = build_index(embedder, args.images, args.index, args.backend, args.rebuild, cache=cache)
     skipped = sum(report["skipped"].values())
-    print(f"indexed {report['images']} images into {args.index} ({report['embedded']} embedded, {report['reused']} "
-          f"reused, {report['removed']} removed, {skipped} unreadable skipped); backend {report['backend']}, "
+    print(f"indexed {report['images']} images into {args.index} ({report['embedded']} embedded, "
+          f"{report['from_cache']} from the embedding cache, {report['reused']} reused, {report['removed']} removed, "
+          f"{skipped} unreadable skipped); backend {report['backend']}, "
           f"recall@10 against exact search {report['recall_at_10']:.3f}")
     return Path(args.index)
 
@@ -332,6 +339,12 @@ def main(argv=None) -> int:
             args = build_index_parser().parse_args(argv[1:])
             flags.check_flags(args, FLAG_BOUNDS)
             run_index(args)
+            return 0
+        if argv[:1] and argv[0] in SUBCOMMAND_MODULES:  # each module: build_parser() and run(args)
+            command = importlib.import_module(SUBCOMMAND_MODULES[argv[0]])
+            args = command.build_parser().parse_args(argv[1:])
+            flags.check_flags(args, FLAG_BOUNDS)
+            command.run(args)
             return 0
         args = build_parser().parse_args(argv)
         flags.check_flags(args, FLAG_BOUNDS)

@@ -44,9 +44,11 @@ class FolderLockedError(DualEncoderError, OSError):
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str) -> Iterator[str]:
-    """Holds the writer lock of `folder` (which must exist) for the block; yields the lock's path."""
-    path = os.path.join(folder, LOCK_NAME)
+def folder_lock(folder: str, name: str = LOCK_NAME) -> Iterator[str]:
+    """Holds the writer lock of `folder` (which must exist) for the block; yields the lock's path.
+    `name`: the lock file's name, for a lock on something inside `folder` that is itself swapped
+    out by renames (an index folder is locked by `INDEX.writer.lock` beside it)."""
+    path = os.path.join(folder, name)
     fd = _try_lock_local(folder, path) if fcntl is not None and not is_url(folder) else None
     if fd is not None:
         try:

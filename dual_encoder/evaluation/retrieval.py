@@ -222,13 +222,24 @@ class EmbeddingCache:
             self._vectors[key] = np.asarray(vector, dtype=np.float32)
         self._dirty = self._dirty or len(keys) > 0
 
+    def drop_files_below(self, folder, keep: Sequence[str]) -> int:
+        """Forgets the file entries below `folder` that are not in `keep` (the current versions of
+        the files there), so deleted and replaced photos leave the cache too; returns how many."""
+        prefix, keep = os.path.join(os.path.abspath(folder), ""), set(keep)
+        stale = [key for key in self._vectors if key.startswith(prefix) and key not in keep]
+        for key in stale:
+            del self._vectors[key]
+        self._dirty = self._dirty or bool(stale)
+        return len(stale)
+
     def save(self) -> None:
         """Writes atomically (temp file + rename), so a crash never leaves a broken cache."""
         if not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys, buffer = list(self._vectors), io.BytesIO()
-        np.savez(buffer, keys=np.asarray(keys, dtype=str), vectors=np.stack([self._vectors[k] for k in keys]))
+        vectors = np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+        np.savez(buffer, keys=np.asarray(keys, dtype=str), vectors=vectors)
         files.write_atomic(self.path, buffer.getvalue())  # two runs at once never share a temporary
         self._dirty = False
 

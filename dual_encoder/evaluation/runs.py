@@ -170,7 +170,11 @@ def folder_index(embedder, folder, cache: Optional[retrieval.EmbeddingCache] = N
     `listed`: (paths, skipped) from an earlier `list_images(folder, skipped)`, not listed again."""
     paths, skipped = listed if listed is not None else (None, SkipCounter())
     paths = paths if paths is not None else list_images(folder, skipped)
-    embeddings, kept = embed_images(embedder, paths, item_keys(paths, paths), paths, cache, skipped)
+    keys = item_keys(paths, paths)
+    embeddings, kept = embed_images(embedder, paths, keys, paths, cache, skipped)
+    if cache is not None:  # the whole folder was listed: what it lacks was deleted or replaced
+        cache.drop_files_below(folder, keep=keys)
+        cache.save()
     if not kept.any():
         raise EvaluationError(f"none of the {len(paths)} images in {folder} could be read")
     return retrieval.EmbeddingIndex(embeddings, [p for p, k in zip(paths, kept) if k]), skipped

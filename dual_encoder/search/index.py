@@ -8,27 +8,34 @@
 Building again embeds only new or changed files (a version differs) and drops deleted ones. An
 index is one model's: a different model is refused (or, asked to rebuild, starts afresh), never
 mixed. The new folder is written beside the old one and swapped in by renames, so a build
-killed at any point (even kill -9) leaves the old index whole and a rerun finishes the job.
+killed at any point (even kill -9) leaves the old index whole (killed between the two renames:
+whole under a temporary name, which the next build puts back) and a rerun finishes the job.
+One builder at a time: `INDEX.writer.lock` beside the folder (flock, released even by kill -9).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import glob
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from dual_encoder import files
+from dual_encoder.data.folder_lock import folder_lock
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 from dual_encoder.evaluation import runs
+from dual_encoder.evaluation.retrieval import EmbeddingCache
 from dual_encoder.search.backends import BackendConfig, ExactBackend, build_backend, choose_backend, load_backend, recall_at
 
 MANIFEST, KEYS, VECTORS, BACKEND_FILE = "manifest.json", "keys.json", "embeddings.npy", "backend.bin"
+LOCK_SUFFIX = ".writer.lock"  # INDEX.writer.lock beside the folder: one builder at a time
 FORMAT = 1
 RECALL_QUERIES = 256  # stored vectors with noise, as stand-ins for queries near the data
 RECALL_NOISE = 0.1
@@ -113,10 +120,32 @@ def _write_folder(index_path: Path, manifest: dict, paths: list, versions: list,
 
 
 def build_index(embedder, images, index_path, backend: str = "auto", rebuild: bool = False,
-                config: BackendConfig = BackendConfig()) -> tuple[PhotoIndex, dict]:
+                config: BackendConfig = BackendConfig(), cache: Optional[EmbeddingCache] = None) -> tuple[PhotoIndex, dict]:
     """Builds or updates the index of the folder `images` at `index_path`; returns (index, report).
-    The report counts what was embedded, reused, removed and skipped (unreadable images)."""
+    The report counts what was embedded, reused, removed and skipped (unreadable images). With an
+    embedding `cache` (this model's), files the index lacks are looked up there first (a rebuild
+    after a lost index embeds nothing again), and its entries for deleted or changed files below
+    `images` are dropped with them."""
     root, index_path = Path(images).resolve(), Path(index_path)
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(str(index_path.parent), index_path.name + LOCK_SUFFIX):
+        _clear_leftovers(index_path)
+        return _build_locked(embedder, root, index_path, backend, rebuild, config, cache)
+
+
+def _clear_leftovers(index_path: Path) -> None:
+    """A build killed between its two renames leaves the index only under a temporary name: put
+    the newest complete one back, then delete every leftover (safe: the caller holds the lock)."""
+    leftovers = [Path(p) for p in glob.glob(glob.escape(str(index_path)) + files.TMP_MARK + "*")]
+    complete = sorted((p for p in leftovers if (p / MANIFEST).is_file()), key=lambda p: (p / MANIFEST).stat().st_mtime_ns)
+    if not index_path.exists() and complete:
+        os.replace(complete[-1], index_path)
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _build_locked(embedder, root: Path, index_path: Path, backend: str, rebuild: bool, config: BackendConfig,
+                  cache: Optional[EmbeddingCache]) -> tuple[PhotoIndex, dict]:
     fingerprint = embedder.fingerprint()
     reusable = _reusable(index_path, fingerprint, rebuild)
     skipped = SkipCounter()
@@ -124,7 +153,13 @@ def build_index(embedder, images, index_path, backend: str = "auto", rebuild: bo
     paths = [os.path.relpath(p, root) for p in listed]
     versions = [_version(p) for p in listed]
     fresh = [i for i, (p, v) in enumerate(zip(paths, versions)) if reusable.get(p, (None,))[0] != v]
-    vectors, ok = embedder.encode_image_sources([listed[i] for i in fresh], skipped, [paths[i] for i in fresh])
+    sources = [listed[i] for i in fresh]
+    keys = runs.item_keys(sources, sources)
+    from_cache = 0 if cache is None else sum(key in cache for key in keys)
+    vectors, ok = runs.embed_images(embedder, sources, keys, [paths[i] for i in fresh], cache, skipped)
+    if cache is not None:
+        cache.drop_files_below(root, keep=runs.item_keys(listed, listed))
+        cache.save()
     embedded = dict(zip([i for i, k in zip(fresh, ok) if k], vectors))
     unreadable = set(fresh) - set(embedded)
     keep = [i for i in range(len(paths)) if i not in unreadable]
@@ -137,7 +172,8 @@ def build_index(embedder, images, index_path, backend: str = "auto", rebuild: bo
     sample = matrix[rng.choice(len(matrix), min(RECALL_QUERIES, len(matrix)), replace=False)]
     queries = sample + rng.normal(0, RECALL_NOISE, sample.shape).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    report = {"images": len(keep), "embedded": len(embedded), "reused": len(keep) - len(embedded),
+    report = {"images": len(keep), "embedded": len(embedded) - from_cache, "from_cache": from_cache,
+              "reused": len(keep) - len(embedded),
               "removed": len(set(reusable) - set(paths)), "skipped": skipped.as_dict(), "backend": name,
               "recall_at_10": recall_at(built, ExactBackend(matrix), queries, 10)}
     manifest = {"format": FORMAT, "root": str(root), "model": embedder.describe(), "model_fingerprint": fingerprint,
