@@ -26,6 +26,8 @@ _PUBLIC = {
     "folder_index": "dual_encoder.evaluation", "search": "dual_encoder.evaluation",
     "load_classification_dataset": "dual_encoder.evaluation.datasets",
     "train": "dual_encoder.training", "read_log": "dual_encoder.training",
+    "build_index": "dual_encoder.search", "load_index": "dual_encoder.search",
+    "export_search_model": "dual_encoder.search",
 }
 _STAGES = ("config", "data", "towers", "model", "export", "evaluation", "training")
 
