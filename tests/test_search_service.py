@@ -542,3 +542,41 @@ def test_the_command_indexes_the_folder_and_serves_it_in_a_real_process(model, p
             output, _ = server.communicate()
     assert server.returncode == 0, output
     assert f"serving the search page at http://127.0.0.1:{port}/" in output and "indexed 10 images" in output
+
+
+def test_text_queries_that_arrive_together_are_embedded_in_one_call_with_the_same_answers(embedder):
+    from dual_encoder.search.service import TextBatcher
+
+    sizes, gate = [], threading.Event()
+
+    def slow_encode(texts):
+        sizes.append(len(texts))
+        gate.wait(5)  # the first call holds the model until every client is waiting
+        return embedder.encode_texts(texts)
+
+    batcher = TextBatcher(slow_encode, threading.Lock())
+    texts = [f"a {colour} thing {i}" for i, colour in enumerate(COLOURS * 3)]
+    answers = {}
+    threads = [threading.Thread(target=lambda t=t: answers.__setitem__(t, batcher.encode(t))) for t in texts]
+    for thread in threads:
+        thread.start()
+    while sum(sizes) + len(batcher._waiting) < len(texts):
+        time.sleep(0.01)
+    gate.set()
+    for thread in threads:
+        thread.join()
+    assert sum(sizes) == len(texts) and len(sizes) == 2  # the first query alone, then all the others at once
+    for text in texts:
+        np.testing.assert_allclose(answers[text], embedder.encode_texts([text]), atol=1e-6)
+
+
+def test_an_error_in_a_batched_call_reaches_every_query_in_it():
+    from dual_encoder.search.service import TextBatcher
+
+    def broken(texts):
+        raise RuntimeError(f"model failed on {len(texts)} texts")
+
+    batcher = TextBatcher(broken, threading.Lock())
+    with pytest.raises(RuntimeError, match="model failed on 1 texts"):
+        batcher.encode("red")
+    assert batcher._waiting == []

@@ -44,6 +44,7 @@ import socket
 import threading
 import time
 import warnings
+from concurrent.futures import Future
 from pathlib import Path, PurePath
 from typing import Optional
 
@@ -70,6 +71,7 @@ MiB = 1 << 20
 STATIC = Path(__file__).resolve().parent / "static"
 ID_PATTERN = "^[0-9a-f]{16}$"
 FORM_OVERHEAD = 64 << 10  # multipart boundaries and part headers around the file itself
+TEXT_BATCH = 32  # text queries embedded in one call at most
 DECODING_AT_ONCE = 4  # uploads decoded at once: a 50-megapixel photo holds ~150 MB while it decodes
 MAX_REQUEST_LINE = 64 << 10  # uvicorn's h11 default (16 KiB) would answer a long query with plain text
 _MIME_FIXES = {"image/mpo": "image/jpeg"}  # phones' multi-picture JPEGs: browsers know them as JPEG
@@ -204,14 +206,53 @@ class LiveIndex:
 # --- the service behind the routes -------------------------------------------------------------
 
 
+class TextBatcher:
+    """Text queries that arrive while the model is busy are embedded together, in one call.
+
+    The model runs one call at a time (behind `model_lock`); a query waits for it, and whoever
+    gets it takes every query waiting (up to `max_batch`), so eight clients cost about one
+    batched call instead of eight single ones, and no query waits for more than one call ahead.
+    """
+
+    def __init__(self, encode_texts, model_lock: threading.Lock, max_batch: int = TEXT_BATCH):
+        self.encode_texts, self.model_lock, self.max_batch = encode_texts, model_lock, max_batch
+        self._waiting: list = []  # (text, Future)
+        self._queue_lock = threading.Lock()
+        self.calls = 0
+
+    def encode(self, text: str) -> np.ndarray:
+        mine = Future()
+        with self._queue_lock:
+            self._waiting.append((text, mine))
+        while not mine.done():
+            with self.model_lock:
+                with self._queue_lock:
+                    batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+                if batch:
+                    self._run(batch)
+        return mine.result()
+
+    def _run(self, batch: list) -> None:
+        self.calls += 1
+        try:
+            vectors = self.encode_texts([text for text, _ in batch])
+        except BaseException as error:  # every waiting query gets the error, not a hang
+            for _, future in batch:
+                future.set_exception(error)
+            return
+        for (_, future), vector in zip(batch, vectors):
+            future.set_result(vector[None, :])
+
+
 class SearchService:
-    """Searches for the routes: one embedder (behind a lock) and the live index."""
+    """Searches for the routes: one embedder (behind a lock; texts batched) and the live index."""
 
     def __init__(self, embedder, index_path, config: ServiceConfig = ServiceConfig()):
         self.embedder, self.config = embedder, config
         self.model = embedder.describe()
         self.live = LiveIndex(index_path, embedder.fingerprint(), config.reload_interval_s)
         self._model_lock = threading.Lock()
+        self._texts = TextBatcher(lambda texts: embedder.encode_texts(texts), self._model_lock)
         self._decoding = threading.BoundedSemaphore(DECODING_AT_ONCE)
 
     def _embed(self, encode, inputs) -> np.ndarray:
@@ -228,7 +269,7 @@ class SearchService:
         if not query.strip():
             raise RequestRefused(400, "query parameter q is empty: pass the text to search for, e.g. /api/search?q=a+red+car")
         snapshot = self.live.current()
-        vector = self._embed(self.embedder.encode_texts, [query])
+        vector = self._texts.encode(query)
         found = snapshot.index.search_vectors(vector, k)[0]
         return {"query": query, "results": [snapshot.result(path, score) for path, score in found]}
 
