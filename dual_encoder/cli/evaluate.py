@@ -33,12 +33,14 @@ from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 
 CLASSIFICATION = ("animals10", "folder", "tfds:NAME", "csv (with --label-column)")
 # --dataset value for retrieval -> the caption-source flag (attribute) that provides the data
-RETRIEVAL = {"coco": "coco_dir", "csv": "csv", "jsonl": "jsonl", "tfds-captions": "tfds", "sample": "sample",
-             "tfrecords": "shards"}  # fmt: skip
+RETRIEVAL = {"coco": "coco_dir", "karpathy": "karpathy_json", "csv": "csv", "jsonl": "jsonl", "tfds-captions": "tfds",
+             "sample": "sample", "tfrecords": "shards"}  # fmt: skip
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dual_encoder" / "embeddings"
 DEFAULT_SHOTS = ["1", "4", "16", "all"]  # linear-probe training images per class
+# `evaluate.py NAME ...` -> the module that parses (build_parser) and runs (run) that subcommand
+SUBCOMMAND_MODULES = {"serve": "dual_encoder.cli.serve", "export-search": "dual_encoder.cli.search_export",
+                      "benchmark": "dual_encoder.cli.benchmark"}
 # The numeric flags' ranges, checked before any data or model loads (argparse checks only the type).
-SUBCOMMAND_MODULES = {"serve": "dual_encoder.cli.serve", "export-search": "dual_encoder.cli.search_export"}
 FLAG_BOUNDS = {
     "batch_size": run_config.COUNT,
     "image_size": dataclasses.replace(run_config.IMAGE_SIDE, optional=True),

@@ -12,12 +12,14 @@ import os
 
 from dual_encoder.data.coco import coco_records
 from dual_encoder.data.collect import is_url
+from dual_encoder.data.karpathy import KARPATHY_SPLITS, karpathy_records
 from dual_encoder.data.records import ImageRecord, SkipCounter
 from dual_encoder.data.tabular import csv_records, jsonl_records
 from dual_encoder.data.tfds_source import tfds_records
 from dual_encoder.errors import DualEncoderError
 
-SOURCE_FLAGS = ("--coco-dir", "--csv", "--jsonl", "--tfds", "--sample")
+SOURCE_FLAGS = ("--coco-dir", "--karpathy-json", "--csv", "--jsonl", "--tfds", "--sample")
+SOURCE_DESTS = tuple(flag[2:].replace("-", "_") for flag in SOURCE_FLAGS)  # the attributes they set on the namespace
 
 
 class SourceArgumentError(DualEncoderError, ValueError):
@@ -32,6 +34,12 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True)
         "--coco-dir", metavar="DIR",
         help="MS-COCO in its official layout: captions in DIR/annotations/captions_<SPLIT>.json, "
         "images in DIR/<SPLIT>/ (2014 and 2017 names). Needs --split.",
+    )
+    which.add_argument(
+        "--karpathy-json", metavar="FILE",
+        help="a Karpathy split file (dataset_coco.json, dataset_flickr30k.json, dataset_flickr8k.json): the COCO "
+        "5k/1k, Flickr30k and Flickr8k retrieval splits papers and CLIP_benchmark report on. Needs --image-root and "
+        f"--split ({'|'.join(KARPATHY_SPLITS)}).",
     )
     which.add_argument(
         "--csv", metavar="FILE",
@@ -52,10 +60,19 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True)
         "--sample", action="store_true",
         help="the built-in generated sample set: coloured shapes with captions, no files needed.",
     )
-    group.add_argument("--split", metavar="SPLIT", help="COCO image folder (val2017, train2014, ...) or TFDS split.")
+    group.add_argument(
+        "--split", metavar="SPLIT",
+        help="COCO image folder (val2017, train2014, ...), TFDS split, or with --karpathy-json one of "
+        f"{', '.join(KARPATHY_SPLITS)} (several joined by commas, e.g. train,restval: COCO's 113k training images).",
+    )
     group.add_argument(
         "--captions-json", metavar="FILE",
         help="with --coco-dir: a captions JSON other than DIR/annotations/captions_<SPLIT>.json.",
+    )
+    group.add_argument(
+        "--image-root", metavar="DIR",
+        help="with --karpathy-json: where the images are; COCO: the folder holding val2014/ and train2014/ "
+        "(DIR/<filepath>/<filename>), Flickr: the folder of JPEGs (DIR/<filename>).",
     )
     group.add_argument("--image-column", metavar="C", help="with --csv/--jsonl: the column holding the image path or id.")
     group.add_argument("--caption-column", metavar="C", help="with --csv/--jsonl: the column holding the caption.")
@@ -87,6 +104,12 @@ def records_from_args(args: argparse.Namespace) -> tuple[list[ImageRecord], dict
         records = coco_records(args.coco_dir, split, args.captions_json, skipped=skipped)
         info = {"type": "coco", "coco_dir": _absolute(args.coco_dir), "split": split,
                 "captions_json": args.captions_json and _absolute(args.captions_json)}
+    elif args.karpathy_json:
+        split = _need(args, "split", "--karpathy-json", f"one of {', '.join(KARPATHY_SPLITS)}, e.g. --split test")
+        image_root = _need(args, "image_root", "--karpathy-json", "the folder the file's images are in")
+        records = karpathy_records(args.karpathy_json, image_root, split, skipped=skipped)
+        info = {"type": "karpathy", "path": _absolute(args.karpathy_json), "image_root": _absolute(image_root),
+                "split": split}
     elif args.csv or args.jsonl:
         path = args.csv or args.jsonl
         read = csv_records if args.csv else jsonl_records
@@ -105,6 +128,11 @@ def records_from_args(args: argparse.Namespace) -> tuple[list[ImageRecord], dict
     else:
         raise SourceArgumentError(f"no caption source given: pass one of {', '.join(SOURCE_FLAGS)}")
     return records, info, skipped
+
+
+def source_given(args: argparse.Namespace) -> bool:
+    """Whether the flags name a caption source (for tools where the source flags are optional)."""
+    return any(getattr(args, dest, None) for dest in SOURCE_DESTS)
 
 
 def _need(args: argparse.Namespace, name: str, flag: str, example: str) -> str:
