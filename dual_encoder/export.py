@@ -5,7 +5,7 @@ size (resized inside, as in training) as uint8 0..255 or as float32/float64 in [
 tf.image convention; floats outside it are an error, not silently truncated), and `encode_text`
 takes strings (tokenized inside the graph with tensorflow-text ops, hence `import
 tensorflow_text` before loading). Both return L2-normalised float32 embeddings; `logit_scale`
-is the log of the learned logit scale.
+is the log of the learned logit scale (and `logit_bias`, for a SigLIP-loss model, its bias).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def export_saved_model(model, path: str) -> str:
     archive.add_endpoint("encode_image", encode_image)
     archive.add_endpoint("encode_text", encode_text, input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
     archive.add_variable_collection("logit_scale", [model.logit_scale])  # reloaded: model.logit_scale[0]
+    if model.logit_bias is not None:  # SigLIP: logits = exp(logit_scale) * cosine + logit_bias
+        archive.add_variable_collection("logit_bias", [model.logit_bias])
     # What encode_image does to images, so readers can pre-resize identically without our code.
     archive.add_variable_collection("image_size", [tf.Variable(list(model.image_size), trainable=False, dtype=tf.int32)])
     archive.add_variable_collection("resize_mode", [tf.Variable(model.resize, trainable=False, dtype=tf.string)])

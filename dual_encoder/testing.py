@@ -93,30 +93,32 @@ def colour_image(colour: str, rng: np.random.Generator, size=(48, 64)) -> np.nda
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_colour_folders(root, colours, per_class: int, seed: int = 0, suffix: str = ".png") -> Path:
-    """A class-per-folder set: root/<colour>/<i>.png, images of varying sizes."""
+def write_colour_folders(root, colours, per_class: int, seed: int = 0, suffix: str = ".png", side=None) -> Path:
+    """A class-per-folder set: root/<colour>/<i>.png, images of varying sizes (all `side` x `side` if given)."""
     rng = np.random.default_rng(seed)
     for colour in colours:
         (Path(root) / colour).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             size = (int(rng.integers(32, 80)), int(rng.integers(32, 80)))
+            size = (side, side) if side else size
             Image.fromarray(colour_image(colour, rng, size)).save(Path(root) / colour / f"{i}{suffix}")
     return Path(root)
 
 
-def build_tiny_clip_preset(path) -> Path:
+def build_tiny_clip_preset(path, num_layers: int = 1) -> Path:
     """A randomly initialised 1-layer keras-hub CLIP with a character-level BPE vocabulary."""
     import keras_hub
 
     chars = list(string.ascii_lowercase + string.digits + ".,")
-    tokens = chars + [c + "</w>" for c in chars] + ["th", "the</w>", "<|endoftext|>", "<|startoftext|>"]
-    vocabulary = {token: i for i, token in enumerate(tokens)}  # end token last, as in real CLIP
+    # End token last, as in real CLIP: its text pooler reads the position of the highest token id.
+    tokens = chars + [c + "</w>" for c in chars] + ["th", "the</w>", "<|startoftext|>", "<|endoftext|>"]
+    vocabulary = {token: i for i, token in enumerate(tokens)}
     tokenizer = keras_hub.models.CLIPTokenizer(vocabulary=vocabulary, merges=["t h", "th e</w>"])
     converter = keras_hub.layers.CLIPImageConverter(
         image_size=(32, 32), scale=1 / 255.0, crop_to_aspect_ratio=True, interpolation="bicubic"
     )
     preprocessor = keras_hub.models.CLIPPreprocessor(tokenizer, converter, sequence_length=16)
-    layer = dict(hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32)
+    layer = dict(hidden_dim=16, num_layers=num_layers, num_heads=2, intermediate_dim=32)
     backbone = keras_hub.models.CLIPBackbone(
         vision_encoder=keras_hub.models.CLIPVisionEncoder(patch_size=8, image_shape=(32, 32, 3), **layer),
         text_encoder=keras_hub.models.CLIPTextEncoder(
@@ -129,8 +131,9 @@ def build_tiny_clip_preset(path) -> Path:
     return Path(path)
 
 
-def build_tiny_siglip_preset(path) -> Path:
-    """A randomly initialised 1-layer keras-hub SigLIP with a 12-word SentencePiece vocabulary."""
+def build_tiny_siglip_preset(path, num_layers: int = 1, logit_scale=None, logit_bias=None) -> Path:
+    """A randomly initialised 1-layer keras-hub SigLIP with a 12-word SentencePiece vocabulary
+    (`logit_scale` / `logit_bias`: its head's values instead of keras-hub's initial 0 and 0)."""
     import io
 
     import keras_hub
@@ -147,16 +150,38 @@ def build_tiny_siglip_preset(path) -> Path:
         image_size=(32, 32), scale=1 / 127.5, offset=-1.0, crop_to_aspect_ratio=False, interpolation="bicubic"
     )
     preprocessor = keras_hub.models.SigLIPPreprocessor(tokenizer, converter, sequence_length=16)
-    layer = dict(hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32)
+    layer = dict(hidden_dim=16, num_layers=num_layers, num_heads=2, intermediate_dim=32)
     backbone = keras_hub.models.SigLIPBackbone(
         vision_encoder=keras_hub.models.SigLIPVisionEncoder(patch_size=8, image_shape=(32, 32, 3), **layer),
         text_encoder=keras_hub.models.SigLIPTextEncoder(
             vocabulary_size=tokenizer.vocabulary_size(), embedding_dim=16, max_sequence_length=16, **layer
         ),
     )
+    head = backbone.get_layer("siglip_head")
+    for weight, value in ((head.logit_scale, logit_scale), (head.logit_bias, logit_bias)):
+        if value is not None:
+            weight.assign(value)
     backbone.save_to_preset(str(path))
     preprocessor.save_to_preset(str(path))
     return Path(path)
+
+
+def write_sample_shards_with_the_data_cli(out, images: int = 96, seed: int = 0) -> Path:
+    """Shards of the generated sample written by `python -m dual_encoder.data` in a fresh process (80 / 20 split)."""
+    done = run_cli("--sample", "--sample-images", str(images), "--seed", str(seed), "--out", str(out), "--quiet")
+    if done.returncode != 0:
+        raise RuntimeError(f"python -m dual_encoder.data failed: {done.stderr[-2000:]}")
+    return Path(out)
+
+
+def read_h5_weights(path) -> dict:
+    """Every dataset of a Keras .weights.h5 file by its path inside the file, as numpy arrays."""
+    import h5py
+
+    found = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: found.__setitem__(name, np.array(item)) if isinstance(item, h5py.Dataset) else None)
+    return found
 
 
 _BUILT: dict = {}

@@ -196,3 +196,14 @@ def test_every_tool_lists_the_flags(show_help, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--karpathy-json FILE" in text and "--image-root DIR" in text and "dataset_flickr30k.json" in text
     assert "test, val, train, restval" in text
+
+
+def test_train_py_takes_a_karpathy_split_as_its_data(tmp_path, capsys):
+    from dual_encoder.cli import train
+
+    missing = tmp_path / "dataset_flickr8k.json"
+    argv = ["--karpathy-json", str(missing), "--image-root", str(tmp_path), "--split", "train",
+            "--output-dir", str(tmp_path / "run")]
+    assert train.main(argv) == 2  # it reads the split file (absent here), rather than training on the sample
+    out, err = capsys.readouterr()
+    assert "No data given" not in out and str(missing) in err

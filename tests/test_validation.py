@@ -43,7 +43,7 @@ EXPECTED = {
     "shuffle_buffer": (f"[1, {INT32}]", (False, False, False)),
     "batch_size": (f"[2, {INT32}]", (False, False, False)),
     "epochs": (f"[1, {INT32}]", (False, False, False)),
-    "learning_rate": ("(0, 1]", (False, False, False)),
+    "learning_rate": ("[0, 1]", (True, False, False)),
     "weight_decay": ("[0, inf)", (True, False, "validate")),
     "early_stopping_patience": (f"[0, {INT32}]", (True, False, False)),
     "reduce_lr_patience": (f"[0, {INT32}]", (True, False, False)),

@@ -40,6 +40,7 @@ DEFAULT_SHOTS = ["1", "4", "16", "all"]  # linear-probe training images per clas
 # `evaluate.py NAME ...` -> the module that parses (build_parser) and runs (run) that subcommand
 SUBCOMMAND_MODULES = {"serve": "dual_encoder.cli.serve", "export-search": "dual_encoder.cli.search_export",
                       "benchmark": "dual_encoder.cli.benchmark"}
+SUBCOMMAND_MODULES["wise-ft"] = "dual_encoder.cli.wise_ft"
 # The numeric flags' ranges, checked before any data or model loads (argparse checks only the type).
 FLAG_BOUNDS = {
     "batch_size": run_config.COUNT,

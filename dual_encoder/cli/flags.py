@@ -11,7 +11,7 @@ from dual_encoder import config as run_config
 from dual_encoder.config import Bounds, RunConfig, field_bounds, field_kind, flag_name
 from dual_encoder.errors import InvalidArgumentError
 
-_SECTIONS = {"model": run_config.ModelConfig, "data": run_config.DataConfig, "train": run_config.TrainConfig}
+_SECTIONS = run_config.SECTIONS  # model, data, train and finetune: one flag group each
 
 
 def _shown(value) -> str:
@@ -79,7 +79,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                 continue
             bounds, choices = field_bounds(f), f.metadata.get("choices")
             group.add_argument(flag_name(f.name), dest=f.name, type=bounded(kind, bounds) if bounds else kind, default=None,
-                               choices=choices, metavar=None if choices else f.name.upper(), help=help_text)
+                               choices=choices, metavar=None if choices else f.metadata.get("metavar", f.name.upper()),
+                               help=help_text)
 
 
 def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:

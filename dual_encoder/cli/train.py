@@ -3,7 +3,8 @@
 With no data flag it trains the `sample` preset (tiny towers) on the built-in generated
 sample, offline, in minutes. With a caption source (COCO, CSV/JSONL, TFDS) it writes TFRecord
 shards first, then trains the reference recipe (Xception + BERT base) unless --preset says
-otherwise. All logic lives in `dual_encoder`; this file only parses flags and reports.
+otherwise; with --init PRESET it fine-tunes a pretrained CLIP or SigLIP (the `finetune` recipe).
+All logic lives in `dual_encoder`; this file only parses flags and reports.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import sys
 from dual_encoder import config as run_config
 from dual_encoder.cli import flags
 from dual_encoder.cli.help import HelpFormatter
-from dual_encoder.cli.sources import add_source_arguments, records_from_args
+from dual_encoder.cli.sources import add_source_arguments, records_from_args, source_given
 from dual_encoder.errors import DualEncoderError
-
-DATA_FLAGS = ("coco_dir", "csv", "jsonl", "tfds", "sample")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,8 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "saved_model/ into --output-dir; rerun the same command to resume an interrupted run.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--preset", choices=sorted(run_config.PRESETS), default=None,
-                        help="named configuration to start from (default: sample without data flags, reference with them)")
+    parser.add_argument("--preset", choices=sorted({**run_config.PRESETS, **run_config.INIT_PRESETS}), default=None,
+                        help="named configuration to start from (default: finetune with --init, else sample without data "
+                             "flags, reference with them)")
     parser.add_argument("--tfrecords", nargs="+", metavar="DIR",
                         help="train on shards already written by python -m dual_encoder.data (several folders are read as one "
                              "dataset)")
@@ -68,13 +68,16 @@ def prepare_shards(args, config) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    has_data = bool(args.tfrecords) or any(getattr(args, f) for f in DATA_FLAGS)
-    if not has_data:
+    has_data = bool(args.tfrecords) or source_given(args)
+    if not has_data and args.init:
+        args.sample = True
+        print(f"No data given: fine-tuning --init {args.init} on the built-in generated sample.")
+    elif not has_data:
         args.sample = True
         print("No data given: training the `sample` preset (tiny towers) on the built-in generated sample.\n"
               "For COCO: python train.py --coco-dir DIR --split train2017 (needs DIR/annotations/captions_train2017.json,\n"
               "DIR/train2017/ and pretrained weights, or --no-pretrained / local --image-encoder and --text-encoder dirs).")
-    preset = args.preset or ("sample" if args.sample and not args.tfrecords else "reference")
+    preset = args.preset or ("finetune" if args.init else "sample" if args.sample and not args.tfrecords else "reference")
     output_dir = args.output_dir or os.path.join("runs", preset)
 
     from dual_encoder.training import trainer

@@ -21,6 +21,19 @@ from dual_encoder.model.replicas import gather_replicas, num_workers, replica_co
 from dual_encoder.towers import layers as _tower_layers  # noqa: F401  (registers the tower layers a model.keras holds)
 
 _SERIALIZABLE = "dual_encoder"
+SIGLIP_BIAS_INIT = -10.0  # SigLIP starts from a strongly negative bias (the paper's init)
+
+
+def dense_gradients(gradients):
+    """Embedding tables' gradients (IndexedSlices, one slice per token occurrence) as dense tensors.
+
+    Keras' Adam squares an IndexedSlices gradient slice by slice, so a token seen k times in a
+    batch gets the sum of k squares as its second moment instead of the square of its gradient
+    (every position embedding row is seen once per caption). Dense, every weight follows Adam as
+    written (and as PyTorch's dense embedding gradients do), and a step gives the same weights
+    however the batch was split to compute it (GradCache's chunks, `_grad_cache_step`).
+    """
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
 
 
 @keras.saving.register_keras_serializable(package=_SERIALIZABLE)
@@ -30,6 +43,11 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
     Batches are dicts: `images` (float32 [B, H, W, 3] in 0..255, already at `image_size`) or
     `image_features` (cached tower outputs), the text preprocessor's token dict under `tokens`
     or `text_features`, and `image_ids` (int64 [B]) telling which pairs share an image.
+
+    `image_head_bias` / `text_head_bias`: whether each head's projection has a bias (CLIP's have
+    none). `logit_bias`: SigLIP's starting bias; `logit_scale_max`: the clamp of the log scale
+    (CLIP's ln 100; a checkpoint trained past it, as SigLIP's, keeps its own). `grad_cache_chunk`:
+    run the towers N pairs at a time in the train step (GradCache, `_grad_cache_step`).
     """
 
     def __init__(
@@ -46,6 +64,11 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         learn_temperature=True,
         loss="infonce",
         class_prior=None,
+        image_head_bias=True,
+        text_head_bias=True,
+        logit_bias=SIGLIP_BIAS_INIT,
+        logit_scale_max=losses.LOGIT_SCALE_MAX,
+        grad_cache_chunk=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -55,8 +78,9 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         self.projection_dim, self.head, self.dropout_rate = projection_dim, head, dropout
         self.logit_scale_init, self.learn_temperature = float(logit_scale), learn_temperature
         self.loss_name, self.loss_fn = loss, losses.get_loss(loss)
-        self.image_head = ProjectionHead(projection_dim, head, dropout, name="image_head")
-        self.text_head = ProjectionHead(projection_dim, head, dropout, name="text_head")
+        self.head_bias = {"image": bool(image_head_bias), "text": bool(text_head_bias)}
+        self.image_head = ProjectionHead(projection_dim, head, dropout, use_bias=image_head_bias, name="image_head")
+        self.text_head = ProjectionHead(projection_dim, head, dropout, use_bias=text_head_bias, name="text_head")
         self.image_head.build((None, image_encoder.output_shape[-1]))
         self.text_head.build((None, text_encoder.output_shape[-1]))
         self.class_prior = class_prior
@@ -68,9 +92,11 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
             name="logit_scale", shape=(), initializer=keras.initializers.Constant(self.logit_scale_init),
             trainable=learn_temperature,
         )
+        self.logit_scale_max, self.logit_bias_init = float(logit_scale_max), float(logit_bias)
+        self.grad_cache_chunk = int(grad_cache_chunk) if grad_cache_chunk else None
         self.logit_bias = None
         if loss == "siglip":  # SigLIP starts from a strongly negative bias
-            self.logit_bias = self.add_weight(name="logit_bias", shape=(), initializer=keras.initializers.Constant(-10.0))
+            self.logit_bias = self.add_weight(name="logit_bias", shape=(), initializer=keras.initializers.Constant(logit_bias))
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.i2t_accuracy = keras.metrics.Mean(name="i2t_accuracy")
         self.t2i_accuracy = keras.metrics.Mean(name="t2i_accuracy")
@@ -111,12 +137,12 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
 
     # --- temperature --------------------------------------------------------------------
     def scale(self):
-        """The logit scale exp(t), clamped at 100 as in CLIP."""
-        return tf.exp(tf.minimum(tf.convert_to_tensor(self.logit_scale), losses.LOGIT_SCALE_MAX))
+        """The logit scale exp(t), clamped at 100 as in CLIP (or at a checkpoint's own larger scale)."""
+        return tf.exp(tf.minimum(tf.convert_to_tensor(self.logit_scale), self.logit_scale_max))
 
     def _clamp_logit_scale(self):
         if self.learn_temperature:
-            self.logit_scale.assign(tf.clip_by_value(self.logit_scale, 0.0, losses.LOGIT_SCALE_MAX))
+            self.logit_scale.assign(tf.clip_by_value(self.logit_scale, 0.0, self.logit_scale_max))
 
     # --- training ---------------------------------------------------------------------
     def contrastive_loss(self, image_embeddings, text_embeddings, image_ids):
@@ -169,14 +195,76 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         return logs
 
     def train_step(self, batch):
+        if self.grad_cache_chunk:
+            return self._grad_cache_step(batch)
         with tf.GradientTape() as tape:
             loss, logits, labels, share = self._step(batch, training=True)
             replica_loss = share * loss  # gradients are summed across replicas: the sum is the global loss
             replica_loss = self.optimizer.scale_loss(replica_loss)  # mixed_float16: the LossScaleOptimizer's scale
         variables = self.trainable_variables
-        self.optimizer.apply(tape.gradient(replica_loss, variables), variables)
+        self.optimizer.apply(dense_gradients(tape.gradient(replica_loss, variables)), variables)
         self._clamp_logit_scale()
         return self._update_metrics(loss, logits, labels, share)
+
+    # --- GradCache ------------------------------------------------------------------------
+    def _grad_cache_step(self, batch):
+        """The train step with the towers run `grad_cache_chunk` pairs at a time (GradCache, Gao et
+        al. 2021): embed every chunk without keeping activations, take the loss of the whole batch
+        (gathered across replicas as usual) and its gradient with respect to the embeddings, then
+        run each chunk again with gradients and pull that gradient back through it. The gradient
+        is the full batch's; memory is that of one chunk. Dropout must be off for the two passes to
+        agree (their masks differ)."""
+        ids = batch["image_ids"]
+        inputs = {key: value for key, value in batch.items() if key != "image_ids"}
+        image_embeddings, text_embeddings = self._embed_in_chunks(inputs, tf.shape(ids)[0])
+        loss_variables = [v for v in (self.logit_scale, self.logit_bias) if v is not None and v.trainable]
+        with tf.GradientTape() as tape:
+            tape.watch([image_embeddings, text_embeddings])
+            loss, logits, labels, share = self.contrastive_loss(image_embeddings, text_embeddings, ids)
+            replica_loss = self.optimizer.scale_loss(share * loss)
+        d_image, d_text, *d_loss = tape.gradient(replica_loss, [image_embeddings, text_embeddings, *loss_variables])
+        variables = self.trainable_variables
+        gradients = self._chunk_gradients(inputs, d_image, d_text, variables)
+        extra = {id(v): g for v, g in zip(loss_variables, d_loss) if g is not None}
+        gradients = [g + extra[id(v)] if id(v) in extra else g for v, g in zip(variables, gradients)]
+        self.optimizer.apply(gradients, variables)
+        self._clamp_logit_scale()
+        return self._update_metrics(loss, logits, labels, share)
+
+    def _chunk_bounds(self, size):
+        chunk = self.grad_cache_chunk
+        return (size + chunk - 1) // chunk, chunk
+
+    def _embed_in_chunks(self, inputs, size):
+        """Both embeddings of the whole (replica's) batch, chunk by chunk, no gradient kept."""
+        count, chunk = self._chunk_bounds(size)
+        shape = tf.TensorShape([None, self.projection_dim])
+        arrays = [tf.TensorArray(tf.float32, size=count, infer_shape=False, element_shape=shape) for _ in range(2)]
+
+        def body(i, image_array, text_array):
+            part = tf.nest.map_structure(lambda t: t[i * chunk : (i + 1) * chunk], inputs)
+            image, text = self.embed_images(part, True), self.embed_texts(part, True)
+            return i + 1, image_array.write(i, tf.stop_gradient(image)), text_array.write(i, tf.stop_gradient(text))
+
+        _, image_array, text_array = tf.while_loop(lambda i, *_: i < count, body, [tf.constant(0), *arrays])
+        return image_array.concat(), text_array.concat()
+
+    def _chunk_gradients(self, inputs, d_image, d_text, variables):
+        """Sum over chunks of (d loss / d embeddings) . (d embeddings / d variables), chunk by chunk."""
+        count, chunk = self._chunk_bounds(tf.shape(d_image)[0])
+
+        def body(i, *sums):
+            part = tf.nest.map_structure(lambda t: t[i * chunk : (i + 1) * chunk], inputs)
+            with tf.GradientTape() as tape:
+                image, text = self.embed_images(part, True), self.embed_texts(part, True)
+                surrogate = (tf.reduce_sum(image * d_image[i * chunk : (i + 1) * chunk])
+                             + tf.reduce_sum(text * d_text[i * chunk : (i + 1) * chunk]))
+            grads = tape.gradient(surrogate, variables)  # None for the temperature and bias, used by the loss only
+            return (i + 1, *[total if g is None else total + tf.convert_to_tensor(g) for total, g in zip(sums, grads)])
+
+        zeros = [tf.zeros(v.shape, v.dtype) for v in variables]
+        _, *sums = tf.while_loop(lambda i, *_: i < count, body, [tf.constant(0), *zeros])
+        return sums
 
     def test_step(self, batch):
         logs = self._update_metrics(*self._step(batch, training=False))
@@ -211,6 +299,11 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
             "learn_temperature": self.learn_temperature,
             "loss": self.loss_name,
             "class_prior": serialize(self.class_prior) if self.class_prior is not None else None,
+            "image_head_bias": self.head_bias["image"],
+            "text_head_bias": self.head_bias["text"],
+            "logit_bias": self.logit_bias_init,
+            "logit_scale_max": self.logit_scale_max,
+            "grad_cache_chunk": self.grad_cache_chunk,
         }
 
     @classmethod

@@ -18,16 +18,17 @@ class ProjectionHead(keras.layers.Layer):
 
     `mlp` is the reference recipe's head (Dense → GELU → Dense → Dropout →
     residual → LayerNorm); `linear` is a single Dense, often better on little data.
+    `use_bias=False`: the projection has no bias, as CLIP's (train.py --init loads those).
     """
 
     KINDS = ("mlp", "linear")
 
-    def __init__(self, projection_dim=256, kind="mlp", dropout=0.1, **kwargs):
+    def __init__(self, projection_dim=256, kind="mlp", dropout=0.1, use_bias=True, **kwargs):
         super().__init__(**kwargs)
         if kind not in self.KINDS:
             raise InvalidArgumentError(f"unknown head {kind!r}; choose one of {self.KINDS}")
-        self.projection_dim, self.kind, self.dropout_rate = projection_dim, kind, dropout
-        self.project = keras.layers.Dense(projection_dim, name="project")
+        self.projection_dim, self.kind, self.dropout_rate, self.use_bias = projection_dim, kind, dropout, bool(use_bias)
+        self.project = keras.layers.Dense(projection_dim, use_bias=self.use_bias, name="project")
         if kind == "mlp":
             self.hidden = keras.layers.Dense(projection_dim, name="hidden")
             self.dropout = keras.layers.Dropout(dropout)
@@ -51,4 +52,6 @@ class ProjectionHead(keras.layers.Layer):
         return tf.math.l2_normalize(self.project_features(features, training), axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "projection_dim": self.projection_dim, "kind": self.kind, "dropout": self.dropout_rate}
+        bias = {} if self.use_bias else {"use_bias": False}  # older model.keras files have no such key
+        return {**super().get_config(), "projection_dim": self.projection_dim, "kind": self.kind, "dropout": self.dropout_rate,
+                **bias}

@@ -1,11 +1,13 @@
 """Image and text towers by name or local preset folder, one module per job.
 
 `layers` (the Keras layers inside every tower), `loading` (local folders, offline downloads,
-identities), `image` and `text` (the towers by name), `features` (a frozen text tower's
+identities), `image` and `text` (the towers by name), `clip` (both towers of a CLIP / SigLIP
+checkpoint, for `--init`), `features` (a frozen text tower's
 features by length bucket), `freezing` (what trains) and `registry` (a tower from its spec).
 The names below are the stage's public API.
 """
 
+from dual_encoder.towers.clip import FAMILIES, Head, PresetPair, is_preset_pair, load_preset_pair
 from dual_encoder.towers.features import TextFeatures, length_buckets
 from dual_encoder.towers.freezing import freeze
 from dual_encoder.towers.image import (
@@ -31,8 +33,9 @@ from dual_encoder.towers.text import (
 )
 
 __all__ = [
-    "DEFAULT_SEQUENCE_LENGTH", "IMAGE_TOWERS", "KERAS_APPLICATIONS", "SPECIAL_TOKENS", "TEXT_TOWERS", "TINY_IMAGE",
-    "TINY_TEXT", "ImageTower", "Normalization", "PixelNormalization", "PretrainedWeightsUnavailable", "TextFeatures",
-    "TextPreprocessor", "TextTower", "TinyImageConfig", "TinyTextConfig", "TokenPooling", "build_image_tower",
-    "build_text_tower", "build_vocabulary", "freeze", "from_spec", "length_buckets",
+    "DEFAULT_SEQUENCE_LENGTH", "FAMILIES", "Head", "IMAGE_TOWERS", "KERAS_APPLICATIONS", "SPECIAL_TOKENS", "TEXT_TOWERS",
+    "TINY_IMAGE", "TINY_TEXT", "ImageTower", "Normalization", "PixelNormalization", "PresetPair",
+    "PretrainedWeightsUnavailable", "TextFeatures", "TextPreprocessor", "TextTower", "TinyImageConfig", "TinyTextConfig",
+    "TokenPooling", "build_image_tower", "build_text_tower", "build_vocabulary", "freeze", "from_spec", "is_preset_pair",
+    "length_buckets", "load_preset_pair",
 ]

@@ -47,6 +47,11 @@ class TextTower:
     sequence_length: int
     feature_dim: int
     spec: dict
+    # Transformer blocks in order, where `--trainable-layers N` counts blocks instead of weighted layers
+    # (the towers of a CLIP / SigLIP preset, towers/clip.py).
+    blocks: Optional[list] = None
+    # The weights the checkpoint puts after this tower (towers/clip.py `Head`), for the head to start from.
+    projection: Optional[object] = None
 
 
 # --- text towers -------------------------------------------------------------------------

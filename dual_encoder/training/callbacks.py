@@ -168,11 +168,12 @@ def make_callbacks(config: RunConfig, output_dir: Path, has_validation: bool):
         WeightsCheckpoint(output_dir.joinpath(*BEST_WEIGHTS), monitor=monitor),
         WeightsCheckpoint(output_dir.joinpath(*LAST_WEIGHTS)),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=config.train.early_stopping_patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, patience=config.train.reduce_lr_patience,
-                                          factor=config.train.reduce_lr_factor),
         keras.callbacks.CSVLogger(str(output_dir / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(output_dir / "tensorboard")),
     ]
+    if config.finetune.lr_schedule == "constant":  # a schedule sets the learning rate itself
+        callbacks.insert(5, keras.callbacks.ReduceLROnPlateau(monitor=monitor, patience=config.train.reduce_lr_patience,
+                                                              factor=config.train.reduce_lr_factor))
     callbacks.append(CallbackStateBackup(output_dir / "backup" / "callback_state.json", callbacks))
     return callbacks, guard
 

@@ -16,8 +16,10 @@ from dual_encoder.training.checkpoints import CheckpointWriteError
 # More (or fewer) epochs; cached or not, the same model; how shards are written (the shards
 # themselves are compared by data_identity, and these settings do nothing with --tfrecords).
 # --skip-damaged-shards only drops shards that cannot be read anyway.
+# What is exported (--wise-ft mixes anew, re-exporting a finished run) and how the same gradients
+# are computed (--grad-cache-chunk) change nothing trained so far either.
 RESUMABLE_CHANGES = {"epochs", "feature_cache", "val_fraction", "split_seed", "images_per_shard", "max_side",
-                     "skip_damaged_shards"}
+                     "skip_damaged_shards", "wise_ft", "grad_cache_chunk"}
 
 
 def prepare_output_dir(path: Path) -> Path:
@@ -103,7 +105,7 @@ def check_same_config(output_dir: Path, config_dict: dict, shards: list[str]) ->
                                        "use a new --output-dir, or delete its backup/ to train it again") from None
         # A setting newer than the folder's config.json did not exist when it was written: not a change.
         changed = sorted(
-            f"{section}.{key}" for section in ("model", "data", "train") for key in config_dict[section]
+            f"{section}.{key}" for section in ("model", "data", "train", "finetune") for key in config_dict.get(section, {})
             if key in previous.get(section, {}) and previous[section][key] != config_dict[section][key]
             and key not in RESUMABLE_CHANGES
         )

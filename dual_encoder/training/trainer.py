@@ -22,12 +22,12 @@ import numpy as np
 import tensorflow as tf
 
 from dual_encoder import files, towers
-from dual_encoder.config import RunConfig
+from dual_encoder.config import LOGIT_SCALE_MAX, RunConfig
 from dual_encoder.data import pipeline
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 from dual_encoder.model import class_prior
-from dual_encoder.model.dual_encoder import DualEncoder
-from dual_encoder.training import feature_cache
+from dual_encoder.model.dual_encoder import SIGLIP_BIAS_INIT, DualEncoder
+from dual_encoder.training import feature_cache, wise_ft
 from dual_encoder.training.callbacks import BEST_WEIGHTS, EpochTimer, make_callbacks, restore_backup
 from dual_encoder.training.checkpoints import (
     MARGIN_BYTES,
@@ -69,8 +69,11 @@ def choose_sequence_length(preprocessor, captions: Sequence[str], percentile: in
 
 
 def build_towers(config: RunConfig, captions: Sequence[str]):
-    """Image and text towers for the config; the text length comes from the data unless given."""
+    """Image and text towers for the config; the text length comes from the data unless given
+    (with --init: both towers, and the sequence length, are the checkpoint's)."""
     m = config.model
+    if config.finetune.init:
+        return _init_towers(config)
     weights = m.image_weights or ("imagenet" if m.pretrained else None)
     image_tower = towers.build_image_tower(m.image_encoder, weights=weights, image_size=m.image_size)
     vocabulary = None
@@ -90,8 +93,41 @@ def build_towers(config: RunConfig, captions: Sequence[str]):
     return image_tower, text_tower, stats
 
 
+def _init_towers(config: RunConfig):
+    """The two towers of the --init checkpoint, locked as the flags say (`--trainable-layers N`:
+    the last N transformer blocks of each trained tower)."""
+    m = config.model
+    pair = towers.load_preset_pair(config.finetune.init, pretrained=m.pretrained, sequence_length=m.sequence_length)
+    for tower, trained in ((pair.image, m.train_image_tower), (pair.text, m.train_text_tower)):
+        towers.freeze(tower.model, trained, m.trainable_layers, blocks=tower.blocks)
+    stats = {"chosen": pair.text.sequence_length, "source": "flag" if m.sequence_length else "checkpoint"}
+    return pair.image, pair.text, stats
+
+
+def _init_model(config: RunConfig, image_tower, text_tower) -> DualEncoder:
+    """The dual encoder that is the --init checkpoint: its projections as linear heads, its logit
+    scale (clamped at its own value where that exceeds CLIP's 100) and SigLIP's bias."""
+    m, checkpoint = config.model, image_tower.spec["init"]
+    image_head, text_head = image_tower.projection, text_tower.projection
+    scale = checkpoint["logit_scale"]
+    bias = checkpoint["logit_bias"]
+    model = DualEncoder(
+        image_tower.model, text_tower.model, text_tower.preprocessor, image_size=image_tower.image_size,
+        resize=image_tower.resize, projection_dim=int(text_head.kernel.shape[-1]), head="linear", dropout=0.0,
+        logit_scale=min(max(scale, 0.0), max(LOGIT_SCALE_MAX, scale)), learn_temperature=m.learn_temperature,
+        loss=m.loss or checkpoint["loss"], image_head_bias=image_head.bias is not None,
+        text_head_bias=text_head.bias is not None, logit_bias=SIGLIP_BIAS_INIT if bias is None else bias,
+        logit_scale_max=max(LOGIT_SCALE_MAX, scale), grad_cache_chunk=config.finetune.grad_cache_chunk,
+    )
+    for head, weights in ((model.image_head, image_head), (model.text_head, text_head)):
+        head.project.set_weights([weights.kernel] + ([weights.bias] if weights.bias is not None else []))
+    return model
+
+
 def build_model(config: RunConfig, image_tower, text_tower) -> DualEncoder:
     m = config.model
+    if config.finetune.init:
+        return _init_model(config, image_tower, text_tower)
     prior = None
     if m.class_prior:
         if not m.pretrained:
@@ -101,9 +137,23 @@ def build_model(config: RunConfig, image_tower, text_tower) -> DualEncoder:
     return DualEncoder(
         image_tower.model, text_tower.model, text_tower.preprocessor,
         image_size=image_tower.image_size, resize=image_tower.resize, projection_dim=m.projection_dim,
-        head=m.head, dropout=m.dropout, logit_scale=m.logit_scale, learn_temperature=m.learn_temperature, loss=m.loss,
-        class_prior=prior,
+        head=m.head, dropout=m.dropout, logit_scale=m.logit_scale, learn_temperature=m.learn_temperature,
+        loss=m.loss or "infonce", class_prior=prior, grad_cache_chunk=config.finetune.grad_cache_chunk,
     )
+
+
+def steps_per_epoch(config: RunConfig, manifests: dict, caption_lists: list) -> int:
+    """Batches in an epoch, for the learning-rate schedule: pairs are min(captions, K) per image,
+    counted exactly when every training image was read for the caption sample, else from the
+    shard manifests (images x K, at most their captions); an estimate for skipped damaged shards."""
+    k, batch = config.data.captions_per_image, config.train.batch_size
+    if len(caption_lists) < CAPTION_SAMPLE:
+        pairs = sum(min(len(caps), k) for _, caps in caption_lists)
+    else:
+        splits = [(m or {}).get("splits", {}).get("train", {}) for m in manifests.values()]
+        pairs = sum(min(s.get("captions", 0), s.get("images", 0) * k) for s in splits)
+        pairs = pairs or CAPTION_SAMPLE * k
+    return max(1, math.ceil(pairs / batch))
 
 
 def embed_split(model: DualEncoder, files: Sequence[str], batch_size: int = 64):
@@ -135,6 +185,8 @@ def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="aut
     if isinstance(shard_dirs, (str, os.PathLike)):
         shard_dirs = [shard_dirs]
     shard_dirs = [str(d) for d in shard_dirs]
+    if config.train.deterministic:  # process-wide, as keras.utils.set_random_seed below is
+        tf.config.experimental.enable_op_determinism()
     policy = keras.config.dtype_policy()
     keras.mixed_precision.set_global_policy(config.train.mixed_precision or "float32")
     try:
@@ -153,6 +205,8 @@ def _build_towers_for_flags(config: RunConfig, captions):
             raise
         m = config.model
         cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        if config.finetune.init:
+            raise InvalidArgumentError(f"the towers cannot be built from --init {config.finetune.init}: {cause}") from None
         raise InvalidArgumentError(f"the towers cannot be built with --image-encoder {m.image_encoder} --image-size "
                                    f"{m.image_size} --image-weights {m.image_weights} --text-encoder {m.text_encoder}: "
                                    f"{cause}") from None
@@ -229,16 +283,22 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
     train_files, val_files = [f for f in train_files if f in intact], [f for f in val_files if f in intact]
     if not train_files:
         raise NoShardsError(f"no intact training shard left in {', '.join(shard_dirs)}")
-    captions = [c for _, caps in pipeline.image_caption_lists(train_files, max_images=CAPTION_SAMPLE) for c in caps]
+    captions_read = pipeline.image_caption_lists(train_files, max_images=CAPTION_SAMPLE)
+    captions = [c for _, caps in captions_read for c in caps]
     use_cache = config.data.feature_cache and not (config.model.train_image_tower or config.model.train_text_tower)
     # On cached features the step holds only the heads, whose many small ops XLA fuses: measured 7.2 s
     # (12.6 CPU s) instead of 8.7 s (14.8 CPU s) per 90,000-pair epoch on 2 cores (benchmarks/train_throughput.py).
-    jit_compile = config.train.jit_compile or (use_cache and strategy.num_replicas_in_sync == 1)
+    # GradCache's chunk loop has shapes XLA cannot compile (validate() refuses --jit-compile with it).
+    jit_compile = config.train.jit_compile or (use_cache and strategy.num_replicas_in_sync == 1
+                                               and not config.finetune.grad_cache_chunk)
+    steps = steps_per_epoch(config, manifests, captions_read)
 
     with strategy.scope():
         image_tower, text_tower, sequence_stats = _build_towers_for_flags(config, captions)
         model = build_model(config, image_tower, text_tower)
-        model.compile(optimizer=make_optimizer(config, model), jit_compile=jit_compile)
+        model.compile(optimizer=make_optimizer(config, model, steps), jit_compile=jit_compile)
+    # The weights before any step (the --init checkpoint itself), for the WiSE-FT mix at the end.
+    pretrained = wise_ft.weights_of(model) if config.finetune.wise_ft is not None else None
 
     cache, cache_results = None, {"used": False, "reason": "--no-feature-cache" if not config.data.feature_cache else "a tower "
         "is trained"}
@@ -281,11 +341,14 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
 
     history = read_log(output_dir / "log.csv")
     plots.save_training_curves(history, output_dir / "curves.png")
+    _save_model_file(model, output_dir / "model.keras")  # the fine-tuned weights, also under --wise-ft
+    mixed = None
+    if pretrained is not None:  # from here on the model is the exported mix
+        mixed = wise_ft.apply_mix(model, pretrained, wise_ft.weights_of(model), config.finetune.wise_ft)
     eval_files = val_files or train_files
     image_emb, text_emb, owner = embed_split(model, eval_files)
     evaluation = {"split": "val" if val_files else "train", **retrieval.retrieval_report(image_emb, text_emb, owner)}
 
-    _save_model_file(model, output_dir / "model.keras")
     export_seconds = None
     if export:
         export_started = time.perf_counter()
@@ -303,7 +366,9 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         "epochs_this_call": len(timer.seconds),  # fewer than epochs_run after a resume; 0 for a finished run
         "final": {k: v[-1] for k, v in history.items()},
         "best": {k: (min(v) if "loss" in k else max(v)) for k, v in history.items() if "loss" in k or "accuracy" in k},
-        "retrieval": evaluation,
+        "retrieval": evaluation,  # of the exported model (the WiSE-FT mix where --wise-ft is given)
+        "wise_ft": None if mixed is None else {"alpha": config.finetune.wise_ft, "weights_mixed": mixed},
+        "steps_per_epoch": steps,
         "timings": {"total_seconds": time.perf_counter() - started, "fit_seconds": fit_seconds,
                     "epoch_seconds": timer.seconds, "export_seconds": export_seconds},
         "device": [d.name for d in tf.config.list_logical_devices()],
