@@ -177,10 +177,15 @@ def retrieval_report(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndar
 # --- on-disk cache -------------------------------------------------------------------------------
 
 
-def file_key(path) -> str:
-    """Identifies one version of a file: a changed size or mtime makes a new key."""
+def file_version(path) -> str:
+    """size|mtime of a file: a changed size or mtime is a new version."""
     stat = os.stat(path)
-    return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def file_key(path, version: Optional[str] = None) -> str:
+    """Identifies one version of a file (`version` as `file_version` gave it, else read now)."""
+    return f"{os.path.abspath(path)}|{version if version is not None else file_version(path)}"
 
 
 def text_key(text: str) -> str:

@@ -31,7 +31,7 @@ from dual_encoder.data.folder_lock import folder_lock
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 from dual_encoder.evaluation import runs
-from dual_encoder.evaluation.retrieval import EmbeddingCache
+from dual_encoder.evaluation.retrieval import EmbeddingCache, file_key, file_version
 from dual_encoder.search.backends import BackendConfig, ExactBackend, build_backend, choose_backend, load_backend, recall_at
 
 MANIFEST, KEYS, VECTORS, BACKEND_FILE = "manifest.json", "keys.json", "embeddings.npy", "backend.bin"
@@ -68,11 +68,6 @@ class PhotoIndex:
         if not isinstance(query, str) or not query.strip():
             raise InvalidArgumentError(f"the search query must be non-empty text, got {query!r:.60}")
         return self.search_vectors(embedder.encode_texts([query]), k)[0]
-
-
-def _version(path: str) -> str:
-    stat = os.stat(path)
-    return f"{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def load_index(index_path, expected_fingerprint: Optional[str] = None, with_backend: bool = True) -> PhotoIndex:
@@ -151,14 +146,14 @@ def _build_locked(embedder, root: Path, index_path: Path, backend: str, rebuild:
     skipped = SkipCounter()
     listed = sorted(runs.list_images(root, skipped))
     paths = [os.path.relpath(p, root) for p in listed]
-    versions = [_version(p) for p in listed]
+    versions = [file_version(p) for p in listed]  # one stat per file: the cache keys are built from these
+    cache_keys = [file_key(p, v) for p, v in zip(listed, versions)]
     fresh = [i for i, (p, v) in enumerate(zip(paths, versions)) if reusable.get(p, (None,))[0] != v]
-    sources = [listed[i] for i in fresh]
-    keys = runs.item_keys(sources, sources)
+    sources, keys = [listed[i] for i in fresh], [cache_keys[i] for i in fresh]
     from_cache = 0 if cache is None else sum(key in cache for key in keys)
     vectors, ok = runs.embed_images(embedder, sources, keys, [paths[i] for i in fresh], cache, skipped)
     if cache is not None:
-        cache.drop_files_below(root, keep=runs.item_keys(listed, listed))
+        cache.drop_files_below(root, keep=cache_keys)
         cache.save()
     embedded = dict(zip([i for i, k in zip(fresh, ok) if k], vectors))
     unreadable = set(fresh) - set(embedded)
