@@ -21,7 +21,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from dual_encoder.data.collect import RecordBuilder, SourceFormatError, leaves_folder, require_file, warn_skips
+from dual_encoder.data.collect import RecordBuilder, SourceFormatError, leaves_folder, read_json, require_file, warn_skips
 from dual_encoder.data.records import ImageRecord, SkipCounter, is_utf8
 from dual_encoder.errors import PathNotFoundError
 
@@ -107,12 +107,7 @@ def _image_id(value) -> Optional[str]:
 
 
 def _load_json(path: str) -> dict:
-    with tf.io.gfile.GFile(path, "rb") as f:
-        raw = f.read()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SourceFormatError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         keys = ", ".join(data) if isinstance(data, dict) else type(data).__name__
         raise SourceFormatError(f"{path}: not a COCO captions file (needs 'images' and 'annotations' lists; has {keys})")

@@ -7,6 +7,7 @@ and counting each of those is the same for COCO, CSV, JSONL and TFDS, so it live
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
@@ -43,6 +44,16 @@ def require_file(path: str, what: str = "file") -> None:
     """Fails early with the path in the message, instead of deep inside a TensorFlow reader."""
     if not tf.io.gfile.exists(path):
         raise PathNotFoundError(f"{path}: no such {what}")
+
+
+def read_json(path: str):
+    """A caption file's JSON (local, gs://, ...); not JSON is a SourceFormatError naming the file."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SourceFormatError(f"{path}: not valid JSON ({e})") from None
 
 
 def is_url(path: str) -> bool:

@@ -27,7 +27,7 @@ import posixpath
 
 import tensorflow as tf
 
-from dual_encoder.data.collect import RecordBuilder, SourceFormatError, leaves_folder, require_file, warn_skips
+from dual_encoder.data.collect import RecordBuilder, SourceFormatError, leaves_folder, read_json, require_file, warn_skips
 from dual_encoder.data.records import ImageRecord, SkipCounter
 from dual_encoder.errors import InvalidArgumentError, PathNotFoundError
 
@@ -144,12 +144,7 @@ class _KarpathyReader:
 
 
 def _load_images(path: str) -> list:
-    with tf.io.gfile.GFile(path, "rb") as f:
-        raw = f.read()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SourceFormatError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or "annotations" in data:
         keys = ", ".join(data) if isinstance(data, dict) else type(data).__name__
         hint = "; a COCO captions file goes to --coco-dir" if isinstance(data, dict) and "annotations" in data else ""
