@@ -34,12 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints one table and writes <set>/report.json and results.jsonl (one line per result in CLIP_benchmark's "
         "layout: dataset, model, pretrained, task, metrics, language) into --output-dir.",
         formatter_class=HelpFormatter,
-        conflict_handler="resolve",  # --output-dir below replaces the shared flag's help, which names other defaults
     )
-    add_model_arguments(parser)
-    out = parser.add_argument_group("output")
-    out.add_argument("--output-dir", metavar="DIR",
-                     help=f"where <set>/report.json and {RESULTS_FILE} go (default: outputs/benchmark-<model name>)")
+    add_model_arguments(parser, f"where <set>/report.json and {RESULTS_FILE} go (default: outputs/benchmark-<model name>)")
     sets = parser.add_argument_group("the sets")
     sets.add_argument("--data-root", metavar="DIR", default=str(DEFAULT_DATA_ROOT),
                       help="folder holding coco_mini/, flickr8k/, animals10_proxy/, fashion_small/ (default: ../shared/data "

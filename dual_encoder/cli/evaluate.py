@@ -52,15 +52,25 @@ FLAG_BOUNDS = {
 }
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+OUTPUT_DIR_HELP = ("where report.json and PNGs go (default: outputs/zeroshot-<dataset>, outputs/retrieval-<source> "
+                   "or outputs/search)")
+CACHE_DIR_HELP = "embedding cache, keyed by model + file path + size + mtime"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, output_dir_help: str = OUTPUT_DIR_HELP) -> None:
     """Flags shared by evaluation and search: which model, how to feed it, where results go."""
     group = parser.add_argument_group("model and output")
     group.add_argument("--model", required=True, metavar="PATH_OR_PRESET",
                        help="training output folder (with saved_model/), exported SavedModel, or keras-hub "
                        "CLIP/SigLIP preset name (e.g. clip_vit_base_patch16; downloads only when online) or "
                        "local preset directory")  # fmt: skip
-    group.add_argument("--output-dir", metavar="DIR", help="where report.json and PNGs go (default: outputs/zeroshot-<dataset>, "
-                       "outputs/retrieval-<source> or outputs/search)")
+    group.add_argument("--output-dir", metavar="DIR", help=output_dir_help)
+    add_embedding_arguments(group)
+
+
+def add_embedding_arguments(group, cache_dir_help: str = CACHE_DIR_HELP,
+                            no_cache_help: str = "neither read nor write the embedding cache") -> None:
+    """How a model is fed and its embeddings cached: every command that embeds images takes these."""
     group.add_argument("--batch-size", type=int, default=32,
                        help="images or captions per forward pass" + flags.range_help(FLAG_BOUNDS["batch_size"]))
     group.add_argument("--image-size", type=int, metavar="N",
@@ -69,9 +79,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resize", choices=("squash", "crop", "pad"),
                        help="how images become square before batching (default: the model's training mode; "
                        "crop for CLIP/SigLIP)")  # fmt: skip
-    group.add_argument("--cache-dir", metavar="DIR", default=str(DEFAULT_CACHE),
-                       help="embedding cache, keyed by model + file path + size + mtime")
-    group.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    group.add_argument("--cache-dir", metavar="DIR", default=str(DEFAULT_CACHE), help=cache_dir_help)
+    group.add_argument("--no-cache", action="store_true", help=no_cache_help)
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -18,7 +18,7 @@ from typing import Iterator
 from dual_encoder import config as run_config
 from dual_encoder import files
 from dual_encoder.cli import flags
-from dual_encoder.cli.evaluate import DEFAULT_CACHE, FLAG_BOUNDS, _embedder_and_cache
+from dual_encoder.cli.evaluate import CACHE_DIR_HELP, _embedder_and_cache, add_embedding_arguments
 from dual_encoder.cli.help import HelpFormatter
 
 # Checked by run() before the port is taken or the model loads; the bounds show in --help.
@@ -68,20 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="largest photo POST /api/search/image accepts, in MiB (larger: 413)"
                      + flags.range_help(SERVE_BOUNDS["max_upload_mb"]))
     model = parser.add_argument_group("model and cache")
-    model.add_argument("--batch-size", type=int, default=32,
-                       help="images per forward pass while indexing" + flags.range_help(FLAG_BOUNDS["batch_size"]))
-    model.add_argument("--image-size", type=int, metavar="N",
-                       help="side images are brought to before batching (default: the model's own, else 224)"
-                       + flags.range_help(FLAG_BOUNDS["image_size"]))
-    model.add_argument("--resize", choices=("squash", "crop", "pad"),
-                       help="how images become square before batching (default: the model's training mode; crop for "
-                       "CLIP/SigLIP)")  # fmt: skip
-    model.add_argument("--cache-dir", metavar="DIR", default=str(DEFAULT_CACHE),
-                       help="embedding cache (keyed by model + file path + size + mtime), also where the index goes "
-                       "when --index is left out")
-    model.add_argument("--no-cache", action="store_true",
-                       help="neither read nor write the embedding cache (without --index: a temporary index)")
-    model.add_argument("--quiet", action="store_true", help="no progress bars while indexing")
+    add_embedding_arguments(model, cache_dir_help=f"{CACHE_DIR_HELP}; also where the index goes when --index is left out",
+                            no_cache_help="neither read nor write the embedding cache (without --index: a temporary index)")
     return parser
 
 
