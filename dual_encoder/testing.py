@@ -105,6 +105,22 @@ def write_colour_folders(root, colours, per_class: int, seed: int = 0, suffix: s
     return Path(root)
 
 
+def export_tiny_dual_encoder(run_dir, captions):
+    """A random tiny DualEncoder (WordPiece vocabulary from `captions`, tokenized in the graph with
+    tensorflow-text ops) exported to RUN_DIR/saved_model, as a training run would; returns the model."""
+    from dual_encoder import towers
+    from dual_encoder.export import export_saved_model
+    from dual_encoder.model import DualEncoder
+
+    image = towers.build_image_tower("tiny", weights=None, image_size=48)
+    text = towers.build_text_tower("tiny", pretrained=False, sequence_length=12,
+                                   vocabulary=towers.build_vocabulary(list(captions) * 20, size=60))  # fmt: skip
+    model = DualEncoder(image.model, text.model, text.preprocessor, image_size=image.image_size,
+                        resize=image.resize, projection_dim=16)  # fmt: skip
+    export_saved_model(model, str(Path(run_dir) / "saved_model"))
+    return model
+
+
 def build_tiny_clip_preset(path, num_layers: int = 1) -> Path:
     """A randomly initialised 1-layer keras-hub CLIP with a character-level BPE vocabulary."""
     import keras_hub

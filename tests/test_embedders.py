@@ -133,17 +133,10 @@ def test_prep_follows_the_training_run_when_recorded(tmp_path):
 @pytest.mark.slow
 def test_a_real_export_loads_through_the_same_path(tmp_path):
     """The DualEncoder export (tensorflow-text tokenizer, logit_scale as a variable collection)."""
-    towers = pytest.importorskip("dual_encoder.towers")
-    from dual_encoder.export import export_saved_model
-    from dual_encoder.model import DualEncoder
+    from dual_encoder.testing import export_tiny_dual_encoder
 
     captions = ["two red circles on the left", "a blue square at the top"]
-    image = towers.build_image_tower("tiny", weights=None, image_size=48)
-    text = towers.build_text_tower("tiny", pretrained=False, sequence_length=12,
-                                   vocabulary=towers.build_vocabulary(captions * 20, size=60))  # fmt: skip
-    model = DualEncoder(image.model, text.model, text.preprocessor, image_size=image.image_size,
-                        resize=image.resize, projection_dim=16)  # fmt: skip
-    export_saved_model(model, str(tmp_path / "run" / "saved_model"))
+    model = export_tiny_dual_encoder(tmp_path / "run", captions)
     embedder = embedders.load_embedder(str(tmp_path / "run"), progress=False)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (h, 50, 3), dtype=np.uint8) for h in (30, 70, 90)]

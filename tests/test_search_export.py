@@ -99,17 +99,10 @@ def test_a_fresh_tensorflow_process_searches_exactly_like_the_index(colour, tmp_
 @pytest.mark.slow
 def test_a_trained_dual_encoder_with_a_tensorflow_text_tokenizer_survives_re_saving(tmp_path):
     """The export's restored functions call FastWordpiece ops: they must be saved again intact."""
-    from dual_encoder import towers
-    from dual_encoder.export import export_saved_model
-    from dual_encoder.model import DualEncoder
+    from dual_encoder.testing import export_tiny_dual_encoder
 
     captions = ["two red circles on the left", "a blue square at the top", "a green thing"]
-    image = towers.build_image_tower("tiny", weights=None, image_size=48)
-    text = towers.build_text_tower("tiny", pretrained=False, sequence_length=12,
-                                   vocabulary=towers.build_vocabulary(captions * 20, size=60))  # fmt: skip
-    model = DualEncoder(image.model, text.model, text.preprocessor, image_size=image.image_size,
-                        resize=image.resize, projection_dim=16)  # fmt: skip
-    export_saved_model(model, str(tmp_path / "run" / "saved_model"))
+    export_tiny_dual_encoder(tmp_path / "run", captions)
     built = indexed(tmp_path, tmp_path / "run")
     out = search_model.export_search_model(built.path, tmp_path / "search", model=str(tmp_path / "run"))
     queries = [*captions, "an unseen word zebra"]
