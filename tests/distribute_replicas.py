@@ -1,5 +1,7 @@
-"""Subprocess entry point of tests/test_distribute.py: single SGD steps on two logical CPU
-replicas (MirroredStrategy) next to the same steps on one device; prints the measurements as JSON.
+"""Subprocess entry point of tests/test_distribute.py and tests/test_grad_cache.py: single SGD
+steps on two logical CPU replicas (MirroredStrategy) next to the same steps on one device; prints
+the measurements as JSON. `--grad-cache-chunk N`: the replicas run GradCache in chunks of N (the
+single device never does), so their steps must still be the whole batch's.
 
 Two logical CPUs have to be configured before TensorFlow initialises its devices, which the
 pytest process did long ago, hence a process of its own.
@@ -27,11 +29,11 @@ IMAGE_IDS = [10, 11, 12, 13, 14, 15, 11, 17]  # pairs 1 and 6 show one image and
 ROWS = (8, 5, 1)  # split 4 + 4, 3 + 2 (a partial last batch) and 1 + 0 (a replica without rows)
 
 
-def build_model(loss: str, vocabulary) -> DualEncoder:
+def build_model(loss: str, vocabulary, chunk=None) -> DualEncoder:
     image = towers.build_image_tower("tiny", weights=None, image_size=32)
     text = towers.build_text_tower("tiny", pretrained=False, sequence_length=8, vocabulary=vocabulary)
     model = DualEncoder(image.model, text.model, text.preprocessor, image_size=image.image_size,
-                        projection_dim=16, head="mlp", dropout=0.0, loss=loss)
+                        projection_dim=16, head="mlp", dropout=0.0, loss=loss, grad_cache_chunk=chunk)
     for layer in model._flatten_layers():  # the tiny BERT's own dropout too: random masks differ per run
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
@@ -78,11 +80,11 @@ def mask_effect(model: DualEncoder, pairs) -> float:
     return abs(shared - apart)
 
 
-def compare(loss: str, vocabulary, strategy) -> dict:
+def compare(loss: str, vocabulary, strategy, chunk=None) -> dict:
     keras.utils.set_random_seed(0)
     single = build_model(loss, vocabulary)
     with strategy.scope():
-        mirrored = build_model(loss, vocabulary)
+        mirrored = build_model(loss, vocabulary, chunk)
     start, trainable_start = single.get_weights(), [np.array(v) for v in single.trainable_variables]
     dataset, pairs = batches(single.text_preprocessor)
     runs = []
@@ -112,4 +114,7 @@ def compare(loss: str, vocabulary, strategy) -> dict:
 if __name__ == "__main__":
     vocabulary = towers.build_vocabulary(CAPTIONS * 10, size=60)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # one per process: collective keys would clash
-    print(json.dumps({loss: compare(loss, vocabulary, strategy) for loss in sys.argv[1:] or ["infonce"]}))
+    args, chunk = sys.argv[1:], None
+    if args[:1] == ["--grad-cache-chunk"]:
+        chunk, args = int(args[1]), args[2:]
+    print(json.dumps({loss: compare(loss, vocabulary, strategy, chunk) for loss in args or ["infonce"]}))

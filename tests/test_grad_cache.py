@@ -2,7 +2,7 @@
 
 One SGD step at learning rate 1 moves every weight by minus its gradient, so equal weights after
 the step mean equal gradients: chunked and whole-batch steps are compared that way, on one device
-(here) and on two replicas (grad_cache_replicas.py, a process of its own). One epoch of train.py
+(here) and on two replicas (distribute_replicas.py --grad-cache-chunk, a process of its own). One epoch of train.py
 with chunks against one without is the exact check in test_init_preset.py.
 """
 
@@ -98,12 +98,13 @@ def test_the_chunk_size_is_saved_with_the_model(tmp_path):
 def test_two_replicas_with_chunks_take_the_single_device_whole_batch_step():
     """Chunks of 3 on each of two replicas (global negatives gathered as without chunks) against one
     device without chunks: even, uneven and one-sided splits of the batch."""
-    done = subprocess.run([sys.executable, str(TESTS / "grad_cache_replicas.py"), "infonce"], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(TESTS / "distribute_replicas.py"), "--grad-cache-chunk", "3", "infonce"],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])["infonce"]
     for step in result["steps"]:
-        assert step["loss"]["mirrored"] == pytest.approx(step["loss"]["single"], abs=TOLERANCE)
+        losses = {side: logs["loss"] for side, logs in step["logs"].items()}
+        assert losses["mirrored"] == pytest.approx(losses["single"], abs=TOLERANCE)
         assert step["max_abs_weight_diff"] <= TOLERANCE * max(1.0, step["max_abs_gradient"]), step
         assert step["max_abs_replica_spread"] == 0.0, step
     assert result["steps"][0]["max_abs_gradient"] > 0.1
