@@ -17,9 +17,9 @@ def _parser():
 
 def test_help_shows_every_presets_value_where_they_differ():
     text = _parser().format_help()
-    assert "(reference: 256; sample: 64; lit-small: 128)" in text  # --batch-size
-    assert "(reference: 0.001; sample: 0.002; lit-small: 0.01)" in text  # --learning-rate
-    assert "(reference: 2.659; sample: 2.659; lit-small: 2.485)" in text  # floats short, not 2.659260036932778
+    assert "(reference: 256; sample: 64; lit-small: 128; lit: 512)" in text  # --batch-size
+    assert "(reference: 0.001; sample: 0.002; lit-small: 0.01; lit: 0.003)" in text  # --learning-rate
+    assert "(reference: 2.659; sample: 2.659; lit-small: 2.485; lit: 2.485)" in text  # floats short, not 2.659260036932778
     assert "AdamW weight decay (never applied to the temperature, biases or norms) (default: 0.001)" in text
     assert "token counts) (default" not in text  # a default the help already names (--sequence-length) is not repeated
 
@@ -33,10 +33,11 @@ def test_flags_override_only_what_was_given():
         run_config.get_preset("lit_small")
 
 
-def test_lit_small_finds_the_shared_towers_from_another_working_directory(tmp_path, monkeypatch):
+@pytest.mark.parametrize("preset", ["lit-small", "lit"])
+def test_lit_presets_find_the_shared_towers_from_another_working_directory(tmp_path, monkeypatch, preset):
     shared = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
     if not shared.is_dir():
         pytest.skip("../shared is absent")
     monkeypatch.chdir(tmp_path)  # a notebook in some other folder
-    model = run_config.get_preset("lit-small").model
+    model = run_config.get_preset(preset).model
     assert Path(model.image_encoder) == (shared / "efficientnet_lite0_keras").resolve() and Path(model.text_encoder).is_dir()

@@ -2,8 +2,9 @@
 
 Each image yields up to K pairs per epoch (its captions sampled without replacement); the
 pairs carry a hashed image id so the loss never treats two captions of one image as
-negatives. Images are decoded after the pair-level shuffle so the shuffle buffer holds small
-JPEG strings, not decoded pixels, and captions are tokenized per batch inside the graph.
+negatives, and a caption key (`caption_keys.py`) so neither two images with the same caption.
+Images are decoded after the pair-level shuffle so the shuffle buffer holds small JPEG
+strings, not decoded pixels, and captions are tokenized per batch inside the graph.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import tensorflow as tf
 
 from dual_encoder.data import schema
+from dual_encoder.data.caption_keys import caption_keys
 from dual_encoder.errors import InvalidArgumentError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -64,6 +66,7 @@ class PipelineConfig:
     cache: bool = False  # keep parsed records in memory after the first epoch
     drop_remainder: bool = False
     repeat: bool = False
+    mask_duplicate_captions: bool = True  # batches carry caption_keys: one caption on two images is no negative
 
 
 READ_CYCLE = 8  # shards read at once (interleaved); the feature cache reproduces this order
@@ -115,7 +118,8 @@ def pair_dataset(
     config: PipelineConfig,
     resize: str = "squash",
 ) -> tf.data.Dataset:
-    """Batches of {"images", "tokens", "image_ids"} ready for `DualEncoder.fit`."""
+    """Batches of {"images", "tokens", "image_ids", "caption_keys"} ready for `DualEncoder.fit`
+    (no caption_keys without `config.mask_duplicate_captions`)."""
     ds = read_examples(files, config)
     ds = ds.flat_map(_sample_pairs(config.captions_per_image, config.shuffle and not config.deterministic, config.seed))
     if config.shuffle:
@@ -134,7 +138,8 @@ def pair_dataset(
     ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
 
     def tokenize(batch):
-        return {"images": batch["images"], "tokens": text_preprocessor(batch["caption"]), "image_ids": batch["image_ids"]}
+        out = {"images": batch["images"], "tokens": text_preprocessor(batch["caption"]), "image_ids": batch["image_ids"]}
+        return {**out, "caption_keys": caption_keys(batch["caption"])} if config.mask_duplicate_captions else out
 
     ds = ds.map(tokenize, num_parallel_calls=AUTOTUNE, deterministic=config.deterministic)
     return ds.prefetch(AUTOTUNE)

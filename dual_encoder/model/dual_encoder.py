@@ -42,7 +42,8 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
 
     Batches are dicts: `images` (float32 [B, H, W, 3] in 0..255, already at `image_size`) or
     `image_features` (cached tower outputs), the text preprocessor's token dict under `tokens`
-    or `text_features`, and `image_ids` (int64 [B]) telling which pairs share an image.
+    or `text_features`, and `image_ids` (int64 [B]) telling which pairs share an image; with
+    `caption_keys` (int64 [B], `data/caption_keys.py`) pairs with the same caption are not negatives either.
 
     `image_head_bias` / `text_head_bias`: whether each head's projection has a bias (CLIP's have
     none). `logit_bias`: SigLIP's starting bias; `logit_scale_max`: the clamp of the log scale
@@ -145,18 +146,25 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
             self.logit_scale.assign(tf.clip_by_value(self.logit_scale, 0.0, self.logit_scale_max))
 
     # --- training ---------------------------------------------------------------------
-    def contrastive_loss(self, image_embeddings, text_embeddings, image_ids):
-        """This replica's rows against the global batch.
+    @staticmethod
+    def pair_keys(batch):
+        """What the loss tells pairs apart by: the image ids [B], or [B, 2] with the caption keys."""
+        if "caption_keys" not in batch:
+            return batch["image_ids"]
+        return tf.stack([batch["image_ids"], batch["caption_keys"]], axis=-1)
+
+    def contrastive_loss(self, image_embeddings, text_embeddings, keys):
+        """This replica's rows against the global batch; `keys`: `pair_keys(batch)`.
 
         Returns (loss, logits, labels, share): the losses average over this replica's rows, so
         `share` (its fraction of the global batch) weights it; summed over replicas, `share * loss`
         is the loss of the global batch on one device, however unevenly the batch was split.
         """
-        (image_all, text_all), ids_all, offset, global_size = gather_replicas([image_embeddings, text_embeddings], image_ids)
-        local_size = tf.shape(image_ids)[0]
+        (image_all, text_all), ids_all, offset, global_size = gather_replicas([image_embeddings, text_embeddings], keys)
+        local_size = tf.shape(keys)[0]
         kwargs = {"bias": self.logit_bias} if self.logit_bias is not None else {}
         loss, logits_i2t, logits_t2i = self.loss_fn(
-            image_embeddings, text_embeddings, image_all, text_all, image_ids, ids_all, offset, self.scale(), **kwargs
+            image_embeddings, text_embeddings, image_all, text_all, keys, ids_all, offset, self.scale(), **kwargs
         )
         loss = tf.where(local_size > 0, loss, 0.0)  # a replica left without rows: the mean of nothing is NaN
         labels = tf.range(local_size) + offset
@@ -172,7 +180,7 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         else:  # a replica may get no rows at the end of the data, and oneDNN's CPU Conv2D fails on those
             nothing = tf.zeros([0, self.projection_dim])
             image_embeddings, text_embeddings = tf.cond(tf.size(batch["image_ids"]) > 0, embed, lambda: (nothing, nothing))
-        return self.contrastive_loss(image_embeddings, text_embeddings, batch["image_ids"])
+        return self.contrastive_loss(image_embeddings, text_embeddings, self.pair_keys(batch))
 
     def _update_metrics(self, loss, logits, labels, share):
         """Updates every replica's metrics with the global batch's values, weighted by its pairs.
@@ -214,8 +222,8 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         run each chunk again with gradients and pull that gradient back through it. The gradient
         is the full batch's; memory is that of one chunk. Dropout must be off for the two passes to
         agree (their masks differ)."""
-        ids = batch["image_ids"]
-        inputs = {key: value for key, value in batch.items() if key != "image_ids"}
+        ids = self.pair_keys(batch)
+        inputs = {key: value for key, value in batch.items() if key not in ("image_ids", "caption_keys")}
         image_embeddings, text_embeddings = self._embed_in_chunks(inputs, tf.shape(ids)[0])
         loss_variables = [v for v in (self.logit_scale, self.logit_bias) if v is not None and v.trainable]
         with tf.GradientTape() as tape:

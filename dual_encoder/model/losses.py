@@ -2,7 +2,9 @@
 
 Every loss takes this replica's embeddings (rows) and the embeddings of the whole global
 batch (columns, gathered across replicas; equal to the local ones on one device), plus the
-image id of every pair so that two captions of one image are never pushed apart as negatives.
+keys of every pair so that two captions of one image are never pushed apart as negatives: the
+image ids [B], or [B, 2] image ids and caption keys (`data/caption_keys.py`), when one caption
+written word for word on two images makes each image a right answer for the other's caption.
 Row i's positive is column `offset + i`.
 """
 
@@ -23,10 +25,15 @@ def positive_mask(ids_local, ids_global, offset):
     return tf.equal(columns[None, :], (tf.range(local) + offset)[:, None])
 
 
-def same_image_negatives(ids_local, ids_global, offset):
-    """[B_local, B_global] bool: another caption/pair of the same image (a false negative)."""
+def same_key(ids_local, ids_global):
+    """[B_local, B_global] bool: the pairs share an image (or, with [B, 2] keys, an image or a caption)."""
     same = tf.equal(ids_local[:, None], ids_global[None, :])
-    return tf.logical_and(same, tf.logical_not(positive_mask(ids_local, ids_global, offset)))
+    return same if same.shape.rank == 2 else tf.reduce_any(same, axis=-1)
+
+
+def same_image_negatives(ids_local, ids_global, offset):
+    """[B_local, B_global] bool: another pair of the same image, or of the same caption (a false negative)."""
+    return tf.logical_and(same_key(ids_local, ids_global), tf.logical_not(positive_mask(ids_local, ids_global, offset)))
 
 
 def _masked(logits, mask):
@@ -68,13 +75,13 @@ def soft_target(image_local, text_local, image_global, text_global, ids_local, i
 
 
 def siglip(image_local, text_local, image_global, text_global, ids_local, ids_global, offset, scale, bias=0.0):
-    """SigLIP pairwise sigmoid loss; pairs of the same image count as positives.
+    """SigLIP pairwise sigmoid loss; pairs of the same image (or caption) count as positives.
 
     Normalised per image row (sum over columns, mean over rows), as in the SigLIP paper.
     """
     logits_i2t = scale * tf.matmul(image_local, text_global, transpose_b=True) + bias
     logits_t2i = scale * tf.matmul(text_local, image_global, transpose_b=True) + bias
-    positives = tf.cast(tf.equal(ids_local[:, None], ids_global[None, :]), logits_i2t.dtype)
+    positives = tf.cast(same_key(ids_local, ids_global), logits_i2t.dtype)
     signs = 2.0 * positives - 1.0
     loss = -tf.reduce_mean(tf.reduce_sum(tf.math.log_sigmoid(signs * logits_i2t), axis=-1))
     return loss, logits_i2t, logits_t2i

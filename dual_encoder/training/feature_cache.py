@@ -32,8 +32,9 @@ COCO captions (~13 tokens) then cost 3x less with MiniLM at 64 tokens.
 
 Pairs come from `pair_dataset`, with the semantics of `pipeline.pair_dataset`: up to K captions
 per image sampled without replacement each epoch, hashed image ids for the same-image mask,
-shuffled pairs. Features stay in memory once (per image and per caption); batches gather rows
-by index, so an epoch of 90,000 pairs takes seconds.
+caption keys for the same-caption mask (stored with the caption features; files written before
+they were are read as they are, the keys computed from the shard's captions), shuffled pairs.
+Features stay in memory once (per image and per caption); batches gather rows by index, so an epoch of 90,000 pairs takes seconds.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from tqdm import tqdm
 
 from dual_encoder import files
 from dual_encoder.data import pipeline, schema
+from dual_encoder.data.caption_keys import caption_keys
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError, PathNotFoundError
 from dual_encoder.towers.features import TextFeatures
 from dual_encoder.towers.image import ImageTower
@@ -90,6 +92,11 @@ class CachedFeatures:
     text_features: np.ndarray  # float32 [C, text feature dim], C = caption_counts.sum()
     caption_counts: np.ndarray  # int64 [N]
     shard_sizes: list  # images per shard, to reproduce the unshuffled read order
+    caption_keys: Optional[np.ndarray] = None  # int64 [C], caption_keys.caption_keys of each caption
+
+    def caption_images(self) -> np.ndarray:
+        """int64 [C]: the image row of each caption."""
+        return np.repeat(np.arange(len(self.caption_counts)), self.caption_counts)
 
 
 @dataclasses.dataclass
@@ -218,9 +225,15 @@ def _image_arrays(tower: ImageTower, forward, shard: str, items: list, batch_siz
     return {"features": features, "image_ids": ids}
 
 
+def _caption_keys(items: list) -> np.ndarray:
+    captions = [c for _, caps in items for c in caps]
+    return caption_keys(tf.constant(captions, tf.string)).numpy() if captions else np.zeros(0, np.int64)
+
+
 def _text_arrays(text: TextFeatures, items: list, batch_size: int, bar, counts: dict) -> dict:
     captions = [c for _, caps in items for c in caps]
-    return {"features": text(captions, batch_size, bar, counts), "counts": np.array([len(caps) for _, caps in items], np.int64)}
+    return {"features": text(captions, batch_size, bar, counts), "counts": np.array([len(caps) for _, caps in items], np.int64),
+            "caption_keys": _caption_keys(items)}
 
 
 # --- all shards ---------------------------------------------------------------------------------
@@ -315,6 +328,8 @@ class FeatureCache:
             if len(arrays["image"]["image_ids"]) != len(arrays["text"]["counts"]):
                 raise InvalidArgumentError(f"{shard}: image and text caches disagree on the number of images; delete "
                                  f"{os.path.dirname(os.path.dirname(self.paths(shard)['image']))} and extract again")
+            if "caption_keys" not in arrays["text"]:  # written before caption keys were stored
+                arrays["text"] = {**arrays["text"], "caption_keys": _caption_keys(pipeline.image_caption_lists([shard]))}
             shards.append(arrays)
         if not shards:
             raise InvalidArgumentError("no shard files to load features for")
@@ -324,6 +339,7 @@ class FeatureCache:
             text_features=np.concatenate([s["text"]["features"] for s in shards]),
             caption_counts=np.concatenate([s["text"]["counts"] for s in shards]),
             shard_sizes=[len(s["text"]["counts"]) for s in shards],
+            caption_keys=np.concatenate([s["text"]["caption_keys"] for s in shards]),
         )
 
     def _start_folder(self, folder: str) -> None:
@@ -352,7 +368,8 @@ def read_order(shard_sizes: Sequence[int]) -> np.ndarray:
 
 
 def pair_dataset(features: CachedFeatures, config: pipeline.PipelineConfig) -> tf.data.Dataset:
-    """Batches of {"image_features", "text_features", "image_ids"} ready for `DualEncoder.fit`.
+    """Batches of {"image_features", "text_features", "image_ids", "caption_keys"} ready for
+    `DualEncoder.fit` (no caption_keys without `config.mask_duplicate_captions`).
 
     As `pipeline.pair_dataset`: each image gives min(K, its captions) pairs per epoch; with
     `shuffle` the captions are sampled anew each epoch (unless `deterministic`) and all pairs are
@@ -360,7 +377,7 @@ def pair_dataset(features: CachedFeatures, config: pipeline.PipelineConfig) -> t
     Each epoch's randomness comes from `Dataset.random(seed)`, so a seeded run repeats exactly.
     """
     counts = np.asarray(features.caption_counts, np.int64)
-    owner = np.repeat(np.arange(len(counts)), counts)  # caption -> image row
+    owner = features.caption_images()  # caption -> image row
     rank = np.arange(len(owner)) - (np.cumsum(counts) - counts)[owner]  # position among its image's captions
     keep = rank < config.captions_per_image
     first_k = np.flatnonzero(keep)
@@ -389,11 +406,15 @@ def pair_dataset(features: CachedFeatures, config: pipeline.PipelineConfig) -> t
         ds = ds.repeat()
     image_features, text_features = tf.constant(features.image_features), tf.constant(features.text_features)
     image_ids, owner_t = tf.constant(features.image_ids, tf.int64), tf.constant(owner)
+    keys = None  # features made by hand may have no caption keys: the same-image mask only
+    if config.mask_duplicate_captions and features.caption_keys is not None:
+        keys = tf.constant(features.caption_keys, tf.int64)
 
     def lookup(captions):
         images = tf.gather(owner_t, captions)
-        return {"image_features": tf.gather(image_features, images), "text_features": tf.gather(text_features, captions),
-                "image_ids": tf.gather(image_ids, images)}
+        batch = {"image_features": tf.gather(image_features, images), "text_features": tf.gather(text_features, captions),
+                 "image_ids": tf.gather(image_ids, images)}
+        return batch if keys is None else {**batch, "caption_keys": tf.gather(keys, captions)}
 
     ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
     # Under MultiWorkerMirroredStrategy every worker builds the same seeded epoch and keeps its part

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from dual_encoder import files, towers
 from dual_encoder.config import LOGIT_SCALE_MAX, RunConfig
-from dual_encoder.data import pipeline
+from dual_encoder.data import caption_keys, pipeline
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError
 from dual_encoder.model import class_prior
 from dual_encoder.model.dual_encoder import SIGLIP_BIAS_INIT, DualEncoder
@@ -154,6 +154,22 @@ def steps_per_epoch(config: RunConfig, manifests: dict, caption_lists: list) -> 
         pairs = sum(min(s.get("captions", 0), s.get("images", 0) * k) for s in splits)
         pairs = pairs or CAPTION_SAMPLE * k
     return max(1, math.ceil(pairs / batch))
+
+
+def duplicate_captions(config: RunConfig, items: Sequence) -> dict:
+    """caption_keys.duplicate_report of the training captions, logged: how many repeat on another image."""
+    images = [image for image, caps in items for _ in caps]
+    keys = caption_keys.caption_keys(tf.constant([c for _, caps in items for c in caps], tf.string)).numpy() if images else []
+    return _log_duplicates(config, caption_keys.duplicate_report(np.array(images), np.asarray(keys, np.int64)))
+
+
+def _log_duplicates(config: RunConfig, report: dict) -> dict:
+    report = {**report, "masked": config.data.mask_duplicate_captions}
+    logger.info("%d of %d training captions are written word for word on another image too (%d distinct captions, "
+                "%d images): %s", report["captions_shared_with_another_image"], report["captions"],
+                report["distinct_shared_captions"], report["images_with_a_shared_caption"],
+                "not negatives of each other" if report["masked"] else "kept as negatives (--no-mask-duplicate-captions)")
+    return report
 
 
 def embed_split(model: DualEncoder, files: Sequence[str], batch_size: int = 64):
@@ -306,14 +322,23 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         cache = feature_cache.FeatureCache(image_tower, text_tower)  # frozen towers: features once, heads only
         cache_results = {**cache.extract(train_files + val_files, progress=verbose != 0).as_dict(), "jit_compile": jit_compile}
 
+    duplicates = {}
+
     def pairs(files, training):
         pipeline_config = pipeline.PipelineConfig(
             batch_size=config.train.batch_size, captions_per_image=config.data.captions_per_image,
             shuffle=training, deterministic=not training, shuffle_buffer=config.data.shuffle_buffer,
-            seed=config.train.seed, cache=config.data.cache,
+            seed=config.train.seed, cache=config.data.cache, mask_duplicate_captions=config.data.mask_duplicate_captions,
         )
         if cache is not None:
-            return feature_cache.pair_dataset(cache.load(files), pipeline_config)
+            features = cache.load(files)
+            if training:
+                duplicates.update(_log_duplicates(config, caption_keys.duplicate_report(
+                    features.image_ids[features.caption_images()], features.caption_keys)))
+            return feature_cache.pair_dataset(features, pipeline_config)
+        if training:  # every training caption, read without decoding the images
+            complete = len(captions_read) < CAPTION_SAMPLE
+            duplicates.update(duplicate_captions(config, captions_read if complete else pipeline.image_caption_lists(files)))
         dataset = pipeline.pair_dataset(files, image_tower.image_size, text_tower.preprocessor, pipeline_config,
                                         image_tower.resize)
         return shard_across_workers(dataset, len(files), strategy)
@@ -361,7 +386,7 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         "sequence_length": sequence_stats,
         "feature_cache": cache_results,
         "data": {"shard_dirs": [str(d) for d in shard_dirs], "train_shards": len(train_files), "val_shards": len(val_files),
-                 "manifests": manifests},
+                 "manifests": manifests, "duplicate_captions": duplicates},
         "epochs_run": len(history.get("loss", [])),
         "epochs_this_call": len(timer.seconds),  # fewer than epochs_run after a resume; 0 for a finished run
         "final": {k: v[-1] for k, v in history.items()},
