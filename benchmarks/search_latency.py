@@ -62,7 +62,7 @@ import faiss
 import numpy as np
 from machine_load import OtherCpu
 
-from dual_encoder.search.backends import BackendConfig, ExactBackend, FaissBackend
+from dual_encoder.search.backends import HNSW_STORAGE, BackendConfig, ExactBackend, FaissBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,7 +242,7 @@ def run_size(kind: str, size: int, args, config: BackendConfig) -> tuple[list, d
             row["build_seconds_note"] = f"nothing to build; exact top-10 of all {len(queries)} queries took {truth_seconds:.2f} s"
         elif name == "hnsw":
             row["parameters"] = {"M": config.hnsw_m, "efConstruction": config.hnsw_ef_construction,
-                                 "efSearch": config.hnsw_ef_search}
+                                 "efSearch": config.hnsw_ef_search, "storage": config.hnsw_storage}
             sweeps["hnsw_ef_sweep"] = sweep(kind, size, backend, "hnsw_ef_search", args.ef_sweep, config, queries, truth, args)
         else:
             row["parameters"] = {"nlist": int(backend.index.nlist), "nprobe": int(backend.index.nprobe),
@@ -320,11 +320,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hnsw-m", type=int, default=defaults.hnsw_m, help="HNSW M (default: BackendConfig's, %(default)s)")
     parser.add_argument("--ef-construction", type=int, default=defaults.hnsw_ef_construction,
                         help="HNSW efConstruction (default: BackendConfig's, %(default)s)")
+    parser.add_argument("--hnsw-storage", choices=HNSW_STORAGE, default=defaults.hnsw_storage,
+                        help="what HNSW keeps of each vector (default: BackendConfig's, %(default)s)")
     parser.add_argument("--ef-search", type=int, default=defaults.hnsw_ef_search,
                         help="HNSW efSearch of the main rows (default: BackendConfig's, %(default)s)")
     parser.add_argument("--nprobe", type=int, default=defaults.ivf_probes,
                         help="IVF lists probed in the main rows (default: BackendConfig's, %(default)s)")
-    parser.add_argument("--ef-sweep", type=int, nargs="*", default=[16, 32, 48, 64, 128],
+    parser.add_argument("--ef-sweep", type=int, nargs="*", default=[32, 40, 48, 56, 64, 128],
                         help="efSearch values HNSW is also timed at (default: %(default)s)")
     parser.add_argument("--nprobe-sweep", type=int, nargs="*", default=[8, 16, 32, 64],
                         help="nprobe values IVF-PQ is also timed at (default: %(default)s)")
@@ -344,7 +346,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     config = dataclasses.replace(BackendConfig(), hnsw_m=args.hnsw_m, hnsw_ef_construction=args.ef_construction,
-                                 hnsw_ef_search=args.ef_search, ivf_probes=args.nprobe)
+                                 hnsw_ef_search=args.ef_search, ivf_probes=args.nprobe, hnsw_storage=args.hnsw_storage)
     plan = [(kind, size) for kind in args.data for size in (args.sizes if kind == "clusters" else args.hard_sizes)]
     load_at_start, started, info = os.getloadavg(), time.perf_counter(), machine()
     print(f"Search latency: {len(plan)} data set sizes x {', '.join(args.backends)}, {args.dim}-d, {info['cores']} cores, "

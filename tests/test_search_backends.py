@@ -1,7 +1,9 @@
 """FAISS backends: BackendConfig's tuning reaches the index (benchmarks/search_latency.py measures it)."""
 
 import numpy as np
+import pytest
 
+from dual_encoder.errors import InvalidArgumentError
 from dual_encoder.search import backends
 
 
@@ -29,3 +31,21 @@ def test_hnsw_search_width_comes_from_the_config_also_after_loading(tmp_path):
     assert backends.load_backend("hnsw", str(tmp_path / "b.bin")).index.hnsw.efSearch == backends.BackendConfig().hnsw_ef_search
     queries = vectors[:50]
     assert backends.recall_at(backend, backends.ExactBackend(vectors), queries, 10) >= 0.9
+
+
+@pytest.mark.parametrize("storage, bytes_per_value", [("float16", 2), ("float32", 4), ("8bit", 1)])
+def test_hnsw_keeps_the_vectors_in_the_storage_asked_for_at_the_same_recall(tmp_path, storage, bytes_per_value):
+    vectors = clustered(2000)
+    backend = backends.FaissBackend.build("hnsw", vectors, backends.BackendConfig(hnsw_storage=storage))
+    backend.save(str(tmp_path / "b.bin"))
+    loaded = backends.load_backend("hnsw", str(tmp_path / "b.bin"))
+    assert type(loaded.index).__name__ == ("IndexHNSWFlat" if storage == "float32" else "IndexHNSWSQ")
+    assert loaded.index.storage.sa_code_size() == 32 * bytes_per_value  # bytes kept per 32-d vector
+    assert backends.recall_at(loaded, backends.ExactBackend(vectors), vectors[:50], 10) >= 0.9
+    scores, rows = loaded.search(vectors[:5], 3)
+    np.testing.assert_allclose(scores, np.sum(vectors[rows] * vectors[:5, None], axis=-1), atol=0.02)
+
+
+def test_an_unknown_hnsw_storage_is_refused_by_name():
+    with pytest.raises(InvalidArgumentError, match="hnsw_storage 'int4'"):
+        backends.FaissBackend.build("hnsw", clustered(100), backends.BackendConfig(hnsw_storage="int4"))

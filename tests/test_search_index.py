@@ -187,7 +187,8 @@ for round in range(10_000):  # builds for ever, one file more or less each time,
     if extra.exists():
         os.remove(extra)
     else:
-        shutil.copyfile(Path(photos, "red", "0.png"), extra)
+        shutil.copyfile(Path(photos, "red", "0.png"), Path(photos, "extra.tmp"))  # a photo arrives whole, as a
+        os.replace(Path(photos, "extra.tmp"), extra)  # kill during a copy would leave a torn PNG the rebuild skips
     build_index(embedder, photos, idx)
     print("built", round, flush=True)
 """
