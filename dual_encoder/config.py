@@ -474,7 +474,12 @@ def lit() -> RunConfig:
     lit-small's recipe (lr 1e-2, batch 128) 18.9 / 46.6 / 60.5, stopping after 4 epochs with the
     validation loss rising from epoch 2; lr 1e-3 batch 128 20.9 / 48.4 / 61.8; lr 3e-3 batch 512
     21.1 / 48.9 / 62.2 (kept); lr 1e-3 batch 512 with weight decay 0.1 21.1 / 48.2 / 61.7; a learned
-    temperature 20.9 / 48.0 / 61.9; the MLP head 18.0 / 43.9 / 57.6.
+    temperature 20.9 / 48.0 / 61.9; the MLP head 18.0 / 43.9 / 57.6; linear warmup (5 %) + cosine
+    decay instead of ReduceLROnPlateau 21.2 / 48.9 / 62.2 (at lr 6e-3: 21.0 / 49.6 / 63.0), a tie
+    that needs an epoch count chosen in advance, so the plateau schedule stays; masking duplicate
+    captions 21.1 / 48.9 / 62.1 against 21.1 / 48.9 / 62.2 (462 of 35,455 captions repeat).
+    Held out (1,000 photos, seed 0): 20.7 / 48.0 / 61.6 text->image, 24.6 / 51.5 / 64.7
+    image->text; animals10_proxy zero-shot 75.8 % (lit-small: ~70 %).
     """
     config = lit_small()
     config.train = TrainConfig(batch_size=512, epochs=40, learning_rate=3e-3, weight_decay=1e-3, early_stopping_patience=5,
