@@ -36,6 +36,8 @@ def test_reduced_quality_run_beats_chance(quality, tmp_path, capsys):
             str(tmp_path / "runs")]  # fmt: skip
     assert quality.main(args) == 0
     results = json.loads(out.read_text())
+    written = out.read_text()  # paths relative to the repository or ../shared, nothing of this machine's
+    assert str(ROOT) not in written and str(SHARED.resolve()) not in written and str(tmp_path) not in written
     trained, chance = results["summary"]["trained"], results["chance"]
     assert results["data"]["coco"]["num_images"] == 159 and results["data"]["coco"]["num_captions"] == 795
     assert chance["coco_t2i_R@5"] == pytest.approx(5 / 159)
