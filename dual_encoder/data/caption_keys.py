@@ -29,6 +29,12 @@ def caption_keys(captions):
     return tf.strings.to_hash_bucket_fast(normalise_captions(captions), 2**62)
 
 
+def item_keys(items) -> np.ndarray:
+    """int64 [C]: `caption_keys` of every caption of (image id, captions) items, in order."""
+    captions = [c for _, caps in items for c in caps]
+    return caption_keys(tf.constant(captions, tf.string)).numpy() if captions else np.zeros(0, np.int64)
+
+
 def duplicate_report(image_keys: np.ndarray, keys: np.ndarray) -> dict:
     """How many captions repeat, word for word after normalising, on a different image.
 
@@ -37,8 +43,8 @@ def duplicate_report(image_keys: np.ndarray, keys: np.ndarray) -> dict:
     image_keys, keys = np.asarray(image_keys), np.asarray(keys, np.int64)
     pairs = np.unique(np.stack([keys, np.unique(image_keys, return_inverse=True)[1].astype(np.int64)], axis=1), axis=0)
     distinct, images_per_key = np.unique(pairs[:, 0], return_counts=True) if len(pairs) else (np.zeros(0), np.zeros(0))
-    repeated = set(distinct[images_per_key > 1].tolist())
-    captions_repeated = int(sum(1 for key in keys.tolist() if key in repeated))
+    repeated = distinct[images_per_key > 1]
     return {"captions": int(len(keys)), "images": int(len(np.unique(image_keys))),
-            "captions_shared_with_another_image": captions_repeated, "distinct_shared_captions": len(repeated),
-            "images_with_a_shared_caption": int(len(np.unique(pairs[np.isin(pairs[:, 0], list(repeated)), 1])))}
+            "captions_shared_with_another_image": int(np.isin(keys, repeated).sum()),
+            "distinct_shared_captions": int(len(repeated)),
+            "images_with_a_shared_caption": int(len(np.unique(pairs[np.isin(pairs[:, 0], repeated), 1])))}

@@ -56,8 +56,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from dual_encoder import files
-from dual_encoder.data import pipeline, schema
-from dual_encoder.data.caption_keys import caption_keys
+from dual_encoder.data import caption_keys, pipeline, schema
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError, PathNotFoundError
 from dual_encoder.towers.features import TextFeatures
 from dual_encoder.towers.image import ImageTower
@@ -225,15 +224,10 @@ def _image_arrays(tower: ImageTower, forward, shard: str, items: list, batch_siz
     return {"features": features, "image_ids": ids}
 
 
-def _caption_keys(items: list) -> np.ndarray:
-    captions = [c for _, caps in items for c in caps]
-    return caption_keys(tf.constant(captions, tf.string)).numpy() if captions else np.zeros(0, np.int64)
-
-
 def _text_arrays(text: TextFeatures, items: list, batch_size: int, bar, counts: dict) -> dict:
     captions = [c for _, caps in items for c in caps]
     return {"features": text(captions, batch_size, bar, counts), "counts": np.array([len(caps) for _, caps in items], np.int64),
-            "caption_keys": _caption_keys(items)}
+            "caption_keys": caption_keys.item_keys(items)}
 
 
 # --- all shards ---------------------------------------------------------------------------------
@@ -329,7 +323,7 @@ class FeatureCache:
                 raise InvalidArgumentError(f"{shard}: image and text caches disagree on the number of images; delete "
                                  f"{os.path.dirname(os.path.dirname(self.paths(shard)['image']))} and extract again")
             if "caption_keys" not in arrays["text"]:  # written before caption keys were stored
-                arrays["text"] = {**arrays["text"], "caption_keys": _caption_keys(pipeline.image_caption_lists([shard]))}
+                arrays["text"] = {**arrays["text"], "caption_keys": caption_keys.item_keys(pipeline.image_caption_lists([shard]))}
             shards.append(arrays)
         if not shards:
             raise InvalidArgumentError("no shard files to load features for")

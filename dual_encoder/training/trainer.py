@@ -159,8 +159,7 @@ def steps_per_epoch(config: RunConfig, manifests: dict, caption_lists: list) -> 
 def duplicate_captions(config: RunConfig, items: Sequence) -> dict:
     """caption_keys.duplicate_report of the training captions, logged: how many repeat on another image."""
     images = [image for image, caps in items for _ in caps]
-    keys = caption_keys.caption_keys(tf.constant([c for _, caps in items for c in caps], tf.string)).numpy() if images else []
-    return _log_duplicates(config, caption_keys.duplicate_report(np.array(images), np.asarray(keys, np.int64)))
+    return _log_duplicates(config, caption_keys.duplicate_report(np.array(images), caption_keys.item_keys(items)))
 
 
 def _log_duplicates(config: RunConfig, report: dict) -> dict:
