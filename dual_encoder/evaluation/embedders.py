@@ -44,8 +44,6 @@ TRAINING_RESULTS = "results.json"  # written by training next to saved_model/: t
 RESIZE_MODES = ("squash", "crop", "pad")
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}
 _TF_RESIZES = {("squash", "bilinear"), ("crop", "bilinear")}  # what data.pipeline.resize_image does
-# keras-hub backbone class -> the preprocessor class that tokenizes its text.
-KERAS_HUB_PREPROCESSORS = {"CLIPBackbone": "CLIPPreprocessor", "SigLIPBackbone": "SigLIPPreprocessor"}
 _DECODE_THREADS = max(2, min(8, os.cpu_count() or 2))  # Pillow decodes outside the GIL
 
 
@@ -369,16 +367,18 @@ class KerasHubClipEmbedder(BatchedEmbedder):
     def __init__(self, preset: str, batch_size: int = 32, progress: bool = True, prep: Optional[ImagePrep] = None):
         import keras_hub
 
+        from dual_encoder.towers.clip import FAMILIES  # backbone class -> its preprocessor (imports keras-hub: here only)
+
         self.preset = str(preset)
         try:
             self.backbone = keras_hub.models.Backbone.from_preset(self.preset)
         except Exception as error:  # network, missing files, bad handles: all mean "cannot load"
             raise _offline_error(self.preset, error) from error
         kind = type(self.backbone).__name__
-        if kind not in KERAS_HUB_PREPROCESSORS:
-            raise EmbedderError(f"{self.preset} is a {kind}; only {sorted(KERAS_HUB_PREPROCESSORS)} can embed both images and "
+        if kind not in FAMILIES:
+            raise EmbedderError(f"{self.preset} is a {kind}; only {sorted(FAMILIES)} can embed both images and "
                                 f"texts")
-        preprocessor_cls = getattr(keras_hub.models, KERAS_HUB_PREPROCESSORS[kind])
+        preprocessor_cls = getattr(keras_hub.models, FAMILIES[kind].preprocessor)
         # Text and images are preprocessed separately: one text-only preprocessor, one converter.
         self.text_preprocessor = preprocessor_cls.from_preset(self.preset, image_converter=None)
         self.image_converter = preprocessor_cls.image_converter_cls.from_preset(self.preset)
