@@ -92,6 +92,7 @@ def test_faiss_backends_agree_with_exact_search_on_clustered_vectors(name, tmp_p
 
 def test_auto_chooses_by_size_and_unknown_backends_are_named():
     assert [backends.choose_backend("auto", n) for n in (10, 10**6, 10**8)] == ["exact", "hnsw", "ivfpq"]
+    assert [backends.choose_backend("faiss", n) for n in (10, 10**6, 10**8)] == ["hnsw", "hnsw", "ivfpq"]  # the name
     with pytest.raises(ValueError, match="--backend 'annoy'"):
         backends.choose_backend("annoy", 10)
 
@@ -119,6 +120,16 @@ def test_the_index_and_search_commands(photos, tmp_path, tmp_path_factory, capsy
                           "--output-dir", str(out), *common]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert all(f"{os.sep}blue{os.sep}" in line for line in printed[:3]) and (out / "search_results.png").exists()
+    # The form, `search "q" --index PATH`: the index's own model, the same matches
+    assert evaluate.main(["search", "a blue thing", "--index", str(tmp_path / "idx"), "--top-k", "3",
+                          "--output-dir", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == printed[:3]
+    assert evaluate.main(["search", "blue", "--images", str(photos), "--quiet"]) == 2  # a folder has no model of its own
+    assert "needs --model" in capsys.readouterr().err
+    # The issue's --backend faiss: FAISS even for 9 images
+    assert evaluate.main(["index", "--images", str(photos), "--index", str(tmp_path / "idx-faiss"), "--backend", "faiss",
+                          *common]) == 0
+    assert "backend hnsw" in capsys.readouterr().out
     other = str(build_colour_saved_model(tmp_path / "other" / "saved_model", seed=3))
     assert evaluate.main(["search", "blue", "--index", str(tmp_path / "idx"), "--model", other, "--quiet"]) == 2
     assert "built with another model" in capsys.readouterr().err

@@ -57,13 +57,15 @@ OUTPUT_DIR_HELP = ("where report.json and PNGs go (default: outputs/zeroshot-<da
 CACHE_DIR_HELP = "embedding cache, keyed by model + file path + size + mtime"
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, output_dir_help: str = OUTPUT_DIR_HELP) -> None:
-    """Flags shared by evaluation and search: which model, how to feed it, where results go."""
+def add_model_arguments(parser: argparse.ArgumentParser, output_dir_help: str = OUTPUT_DIR_HELP,
+                        model_default_help: str = "") -> None:
+    """Flags shared by evaluation and search: which model, how to feed it, where results go.
+    `model_default_help`: where --model comes from when it is left out (required otherwise)."""
     group = parser.add_argument_group("model and output")
-    group.add_argument("--model", required=True, metavar="PATH_OR_PRESET",
+    group.add_argument("--model", required=not model_default_help, metavar="PATH_OR_PRESET",
                        help="training output folder (with saved_model/), exported SavedModel, or keras-hub "
                        "CLIP/SigLIP preset name (e.g. clip_vit_base_patch16; downloads only when online) or "
-                       "local preset directory")  # fmt: skip
+                       "local preset directory" + model_default_help)  # fmt: skip
     group.add_argument("--output-dir", metavar="DIR", help=output_dir_help)
     add_embedding_arguments(group)
 
@@ -144,10 +146,11 @@ def build_search_parser() -> argparse.ArgumentParser:
     parser.add_argument("query", help="the text to search for, e.g. 'cars on the street at night'")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--images", metavar="DIR", help="folder of images (sub-folders included), embedded as needed")
-    where.add_argument("--index", metavar="PATH", help="an index folder built by evaluate.py index (same --model)")
+    where.add_argument("--index", metavar="PATH", help="an index folder built by evaluate.py index (searched with its model)")
     parser.add_argument("--top-k", type=int, default=9,
                         help="how many matches to show" + flags.range_help(FLAG_BOUNDS["top_k"]))
-    add_model_arguments(parser)
+    add_model_arguments(parser, model_default_help=" (default with --index: the model the index was built with; "
+                        "needed with --images)")
     return parser
 
 
@@ -164,7 +167,8 @@ def build_index_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of images (sub-folders included)")
     parser.add_argument("--index", required=True, metavar="PATH", help="the index folder (created if needed)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="exact search, or FAISS HNSW / IVF-PQ; auto picks by size (exact below 20,000 images)")
+                        help="exact search, or FAISS HNSW / IVF-PQ (faiss: HNSW up to 20 million "
+                        "images, IVF-PQ beyond); auto picks by size (exact below 20,000 images)")
     parser.add_argument("--rebuild", action="store_true", help="index again from scratch, e.g. for another --model")
     add_model_arguments(parser)
     return parser
@@ -302,6 +306,8 @@ def run_search(args) -> Path:
 
     if args.index:
         return _search_index(args)
+    if not args.model:
+        raise InvalidArgumentError("evaluate.py search --images DIR needs --model (the model that embeds the images)")
     listing_skips = SkipCounter()
     paths = evaluation.list_images(args.images, listing_skips)  # a bad folder fails before the model loads
     embedder, cache = _embedder_and_cache(args)
@@ -312,7 +318,9 @@ def run_search(args) -> Path:
 
 def _search_index(args) -> Path:
     from dual_encoder.search import load_index
+    from dual_encoder.search.index import index_model
 
+    args.model = args.model or index_model(args.index)
     embedder, _ = _embedder_and_cache(args)
     index = load_index(args.index, embedder.fingerprint())
     found = index.search_text(embedder, args.query, args.top_k)

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the index folder, built or updated before serving (default: a folder in --cache-dir named "
                       "by a hash of the images folder and the model; with --no-cache a temporary one)")  # fmt: skip
     what.add_argument("--backend", choices=BACKENDS, default="auto",
-                      help="exact search, or FAISS HNSW / IVF-PQ; auto picks by size (exact below 20,000 images)")
+                      help="exact search, or FAISS HNSW / IVF-PQ (faiss: HNSW up to 20 million "
+                        "images, IVF-PQ beyond); auto picks by size (exact below 20,000 images)")
     what.add_argument("--rebuild", action="store_true", help="index again from scratch, e.g. an --index of another --model")
     net = parser.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1",

@@ -5,7 +5,7 @@ All of them search L2-normalised embeddings by inner product (= cosine) and retu
 chunked matrix product of `evaluation.retrieval.EmbeddingIndex`; `hnsw` (FAISS HNSW over
 float16 copies of the vectors, IndexHNSWSQ) serves up to tens of millions of vectors at a small
 loss of recall; `ivfpq` (FAISS IVF-PQ)
-compresses beyond that. `auto` picks by size (`choose_backend`). Each backend saves to and
+compresses beyond that. `auto` picks by size, `faiss` one of the two FAISS ones (`choose_backend`). Each backend saves to and
 loads from one file, so an index folder can be swapped in whole.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from dual_encoder.errors import InvalidArgumentError
 from dual_encoder.evaluation.retrieval import EmbeddingIndex
 
-BACKENDS = ("auto", "exact", "hnsw", "ivfpq")
+BACKENDS = ("auto", "exact", "faiss", "hnsw", "ivfpq")  # faiss: HNSW or IVF-PQ by size, even below exact_below
 HNSW_STORAGE = ("float32", "float16", "8bit")  # what the HNSW graph's nodes keep of each vector
 
 
@@ -44,12 +44,14 @@ class BackendConfig:
 
 
 def choose_backend(name: str, size: int, config: BackendConfig = BackendConfig()) -> str:
-    """The backend `name` stands for at `size` vectors (auto: exact, then hnsw, then ivfpq)."""
+    """The backend `name` stands for at `size` vectors (auto: exact, then hnsw, then ivfpq; faiss: hnsw, then ivfpq)."""
     if name not in BACKENDS:
         raise InvalidArgumentError(f"--backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    if name == "faiss":
+        return "hnsw" if size < config.ivfpq_from else "ivfpq"
     if name != "auto":
         return name
-    return "exact" if size < config.exact_below else "hnsw" if size < config.ivfpq_from else "ivfpq"
+    return "exact" if size < config.exact_below else choose_backend("faiss", size, config)
 
 
 class ExactBackend:

@@ -88,6 +88,21 @@ def load_index(index_path, expected_fingerprint: Optional[str] = None, with_back
     return PhotoIndex(Path(manifest["root"]), keys["paths"], keys["versions"], vectors, backend, manifest)
 
 
+def index_model(index_path) -> str:
+    """The --model an index folder was built with (its SavedModel path or keras-hub preset), so
+    `evaluate.py search "q" --index PATH` needs no --model."""
+    folder = Path(index_path)
+    try:
+        model = json.loads((folder / MANIFEST).read_text()).get("model", {})
+    except (OSError, ValueError) as error:
+        raise IndexMismatchError(f"--index {folder}: not a complete index folder ({error}); build it with "
+                                 "evaluate.py index --model M --images DIR --index PATH") from None
+    spec = model.get("path") or model.get("preset") if isinstance(model, dict) else None
+    if not spec:
+        raise IndexMismatchError(f"--index {folder}: its manifest names no model; pass --model (the one it was built with)")
+    return str(spec)
+
+
 def _reusable(index_path: Path, fingerprint: str, rebuild: bool) -> dict:
     """{relative path: (version, vector)} from the existing index that this model may reuse."""
     if not (index_path / MANIFEST).exists():
