@@ -46,10 +46,9 @@ import time
 from pathlib import Path
 
 from dual_encoder import config as run_config
+from dual_encoder import files
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # the sibling modules, also when a test loads this file by path
-from portable_paths import portable  # noqa: E402
 
 PRESET = "lit-small"
 SINGLE, ENSEMBLES = "default", ("auto", "imagenet")  # animals: 1 template; its own 5; CLIP's 80
@@ -376,7 +375,7 @@ def main(argv=None) -> int:
         "linear_probe": {name: sample[name]["linear_probe"]["config"] for name in sample if "linear_probe" in sample[name]},
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(portable(json.loads(json.dumps(output, default=str))), indent=2))
+    args.out.write_text(json.dumps(files.portable_paths(json.loads(json.dumps(output, default=str))), indent=2))
     print("\n" + table + "\n")
     for key, check in bar.items():
         print(f"quality bar {key}: {100 * check['mean']:.1f} % (needs ≥ {100 * check['required']:.0f} %) "

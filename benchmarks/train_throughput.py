@@ -65,10 +65,9 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 from machine_load import OtherCpu
-from portable_paths import portable
 
 from dual_encoder import config as run_config
-from dual_encoder import towers, training
+from dual_encoder import files, towers, training
 from dual_encoder.data import pipeline
 from dual_encoder.data.records import SkipCounter
 from dual_encoder.data.sample import sample_records
@@ -401,7 +400,7 @@ def main(argv=None) -> dict:
     output = args.output or (default_output if parts == set(PARTS) else None)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(portable(report), indent=2))
+        output.write_text(json.dumps(files.portable_paths(report), indent=2))
         print(f"wrote {output}")
     return report
 

@@ -14,9 +14,11 @@ import hashlib
 import json
 import os
 import uuid
+from pathlib import Path
 from typing import Iterator, Optional, Union
 
 TMP_MARK = ".tmp-"
+REPOSITORY = Path(__file__).resolve().parents[1]  # the checkout, beside ../shared
 TREE_CHECKSUMS = "dual_encoder_checksums.json"  # a folder's record of `tree_sha256`, kept inside it
 
 
@@ -113,3 +115,22 @@ def json_digest(value, algorithm: str = "sha256", length: Optional[int] = None) 
     content gives the same key on any machine and in any process. `length` cuts it short."""
     digest = hashlib.new(algorithm, json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
     return digest[:length] if length else digest
+
+
+def portable_paths(value, root: Optional[Path] = None):
+    """`value` (JSON-like) with every absolute path rewritten, keys included: inside the repository
+    relative to it (default: this checkout), inside ../shared as ../shared/..., elsewhere (a temporary
+    folder) as <elsewhere>/NAME: benchmark results that mean something on another machine."""
+    root = REPOSITORY if root is None else root
+    if isinstance(value, dict):
+        return {portable_paths(key, root): portable_paths(item, root) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable_paths(item, root) for item in value]
+    if not isinstance(value, str) or not os.path.isabs(value) or "\n" in value:
+        return value
+    path, shared = Path(os.path.normpath(value)), root.parent / "shared"
+    if path.is_relative_to(root):
+        return str(path.relative_to(root)) or "."
+    if path.is_relative_to(shared):
+        return str(Path("../shared") / path.relative_to(shared))
+    return f"<elsewhere>/{path.name}"
