@@ -246,6 +246,11 @@ class DataConfig(_Checked):
                                                  "aside) on two images makes each image a right answer for it: such pairs "
                                                  "are not negatives of each other, as two captions of one image are not "
                                                  "(--no-mask-duplicate-captions: only the same image is masked)")
+    augment_views: int = _field(0, "with the feature cache, also compute N random-resized-crop / flip views of each training "
+                                   "image once; each epoch trains on one of them (or the plain image) per image, so frozen "
+                                   "towers still see augmentation (0: the plain features only)", Bounds(0, 64))
+    augment_min_scale: float = _field(0.5, "smallest share of the image's area an augmented view crops (--augment-views)",
+                                      Bounds(0, 1, low_open=True, integer=False))
 
 
 @dataclasses.dataclass

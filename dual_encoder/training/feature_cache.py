@@ -35,6 +35,13 @@ per image sampled without replacement each epoch, hashed image ids for the same-
 caption keys for the same-caption mask (stored with the caption features; files written before
 they were are read as they are, the keys computed from the shard's captions), shuffled pairs.
 Features stay in memory once (per image and per caption); batches gather rows by index, so an epoch of 90,000 pairs takes seconds.
+
+Augmented views (`augmentation=ViewAugmentation(views=K)`, `data/augment.py`): the training
+shards also get K random-resized-crop / flip views per image, computed once into a third folder
+`views-<tower name>-<key>` whose key adds the augmentation's spec to the image tower's (change K,
+the crop scale, the flip or the seed and they are computed again). Each training epoch samples,
+per image, one of its K + 1 feature rows (the plain image or one of its views); validation reads
+the plain features only.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from tqdm import tqdm
 
 from dual_encoder import files
 from dual_encoder.data import caption_keys, pipeline, schema
+from dual_encoder.data.augment import ViewAugmentation
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError, PathNotFoundError
 from dual_encoder.towers.features import TextFeatures
 from dual_encoder.towers.image import ImageTower
@@ -70,7 +78,7 @@ SUFFIX = ".npz"
 _HEAD_BYTES = 1 << 20
 _STALE_TMP_SECONDS = 3600  # younger temporaries may belong to a writer still running (another worker)
 LOOKUP_THREADS, PREFETCH_BATCHES = 2, 4  # cached batches: gathering 256 rows takes ~1 ms, a step 15+ ms on CPU
-KINDS = ("image", "text")
+KINDS = ("image", "text")  # and "views", the augmented views of the images, with an augmentation
 Tower = Union[ImageTower, TextTower]
 
 
@@ -92,6 +100,7 @@ class CachedFeatures:
     caption_counts: np.ndarray  # int64 [N]
     shard_sizes: list  # images per shard, to reproduce the unshuffled read order
     caption_keys: Optional[np.ndarray] = None  # int64 [C], caption_keys.caption_keys of each caption
+    image_views: Optional[np.ndarray] = None  # float32 [N, K, image feature dim]: K augmented views per image
 
     def caption_images(self) -> np.ndarray:
         """int64 [C]: the image row of each caption."""
@@ -140,12 +149,12 @@ def tower_identity(tower: Tower) -> dict:
             "weights_sha256": weights_digest(tower.model) if spec.get("weights") is None else None}
 
 
-def folder_name(tower: Tower, identity: Optional[dict] = None) -> str:
+def folder_name(tower: Tower, identity: Optional[dict] = None, kind: Optional[str] = None) -> str:
     """`<kind>-<name>-<16 hex>`, e.g. `image-xception-3f2a...`: readable, and new for any change."""
     identity = identity or tower_identity(tower)
     key = files.json_digest(identity, length=16)
     name = re.sub(r"[^A-Za-z0-9_.]+", "_", os.path.basename(os.path.normpath(str(tower.spec["name"]))))
-    return f"{tower.spec['kind']}-{name}-{key}"
+    return f"{kind or tower.spec['kind']}-{name}-{key}"
 
 
 def cache_path(shard: str, folder: str) -> str:
@@ -224,6 +233,33 @@ def _image_arrays(tower: ImageTower, forward, shard: str, items: list, batch_siz
     return {"features": features, "image_ids": ids}
 
 
+def _forward_views(tower: ImageTower, augmentation: ViewAugmentation, shard: str, batch_size: int):
+    """(image hash, views [K, H, W, 3]) per image of a shard, batched by image for the tower."""
+    size, resize = tower.image_size, tower.resize
+
+    def views(example):
+        image_hash = pipeline.hash_image_ids(example[schema.IMAGE_ID])
+        return augmentation.views_of(tf.io.decode_jpeg(example[schema.IMAGE], channels=3), image_hash, size, resize)
+
+    config = pipeline.PipelineConfig(shuffle=False, deterministic=True)
+    images_per_batch = max(1, batch_size // augmentation.views)
+    return pipeline.read_examples([shard], config).map(views, num_parallel_calls=pipeline.AUTOTUNE).batch(
+        images_per_batch).prefetch(pipeline.AUTOTUNE)
+
+
+def _view_arrays(tower: ImageTower, forward, augmentation: ViewAugmentation, shard: str, items: list, batch_size: int,
+                 bar) -> dict:
+    k, features = augmentation.views, []
+    for views in _forward_views(tower, augmentation, shard, batch_size):
+        images = int(views.shape[0])
+        features.append(forward(tf.reshape(views, [images * k, *views.shape[2:]])).numpy().reshape(images, k, -1))
+        bar.update(images * k)
+    features = np.concatenate(features) if features else np.zeros((0, k, tower.feature_dim), np.float32)
+    if len(features) != len(items):
+        raise RuntimeError(f"{shard}: views of {len(features)} images made, {len(items)} records read")
+    return {"views": features}
+
+
 def _text_arrays(text: TextFeatures, items: list, batch_size: int, bar, counts: dict) -> dict:
     captions = [c for _, caps in items for c in caps]
     return {"features": text(captions, batch_size, bar, counts), "counts": np.array([len(caps) for _, caps in items], np.int64),
@@ -243,23 +279,34 @@ class FeatureCache:
     are the same either way.
     """
 
-    def __init__(self, image_tower: ImageTower, text_tower: TextTower, length_buckets: bool = True):
+    def __init__(self, image_tower: ImageTower, text_tower: TextTower, length_buckets: bool = True,
+                 augmentation: Optional[ViewAugmentation] = None):
         self.towers = {"image": image_tower, "text": text_tower}
         self.length_buckets = length_buckets
+        self.augmentation = augmentation if augmentation is not None and augmentation.views > 0 else None
         self.identities = {kind: tower_identity(t) for kind, t in self.towers.items()}
         self.folders = {kind: folder_name(t, self.identities[kind]) for kind, t in self.towers.items()}
+        if self.augmentation is not None:
+            self.identities["views"] = {**self.identities["image"], "augmentation": self.augmentation.spec()}
+            self.folders["views"] = folder_name(image_tower, self.identities["views"], kind="views")
         self._checked: dict = {}  # (shard, kind) -> arrays validated by extract(), handed to load()
         self._forwards: dict = {}  # kind -> traced tower, built on first use
 
-    def paths(self, shard: str) -> dict:
-        return {kind: cache_path(shard, folder) for kind, folder in self.folders.items()}
+    def paths(self, shard: str, views: bool = False) -> dict:
+        """The cache files of a shard: image and text, and its views where `views` (and an augmentation)."""
+        return {kind: cache_path(shard, folder) for kind, folder in self.folders.items() if kind != "views" or views}
 
-    def extract(self, files: Sequence[str], batch_size: int = 64, progress: bool = True) -> CacheReport:
-        """Computes the features missing for `files`; whole files from earlier runs are kept."""
+    def extract(self, files: Sequence[str], batch_size: int = 64, progress: bool = True,
+                view_files: Sequence[str] = ()) -> CacheReport:
+        """Computes the features missing for `files`, and the augmented views of `view_files` (the
+        training shards; needs an augmentation); whole files from earlier runs are kept."""
         started = time.perf_counter()
-        files = list(files)
-        folders = sorted({os.path.dirname(p) for shard in files for p in self.paths(shard).values()})
+        view_files = set(view_files) if self.augmentation is not None else set()
+        files = list(dict.fromkeys([*files, *sorted(view_files)]))
+        folders = sorted({os.path.dirname(p) for shard in files for p in self.paths(shard, shard in view_files).values()})
         report = CacheReport(folders=folders)
+        if self.augmentation is not None:
+            report.computed_rows["views"], report.compute_seconds["views"] = 0, 0.0
         try:
             for folder in folders:
                 self._start_folder(folder)
@@ -270,7 +317,7 @@ class FeatureCache:
         todo, fingerprints = [], {}
         for shard in files:
             fingerprints[shard] = shard_fingerprint(shard)
-            for kind, path in self.paths(shard).items():
+            for kind, path in self.paths(shard, shard in view_files).items():
                 try:
                     self._checked[shard, kind] = load_shard(path, shard, fingerprints[shard])
                     report.reused += 1
@@ -280,23 +327,28 @@ class FeatureCache:
                         logger.warning("feature cache: recomputing %s", miss)
                         report.rebuilt[path] = miss.reason
         items = {shard: pipeline.image_caption_lists([shard]) for shard in dict.fromkeys(s for s, _ in todo)}
-        total = sum(len(items[s]) if kind == "image" else sum(len(c) for _, c in items[s]) for s, kind in todo)
+        sizes = {"image": lambda s: len(items[s]), "text": lambda s: sum(len(c) for _, c in items[s]),
+                 "views": lambda s: len(items[s]) * self.augmentation.views}
+        total = sum(sizes[kind](s) for s, kind in todo)
         for kind in {k for _, k in todo} - set(self._forwards):
-            self._forwards[kind] = _forward(self.towers[kind]) if kind == "image" else TextFeatures(self.towers[kind],
-                                                                                                    self.length_buckets)
+            self._forwards[kind] = (TextFeatures(self.towers[kind], self.length_buckets) if kind == "text"
+                                    else self._forwards.get("image") or _forward(self.towers["image"]))
         with tqdm(total=total, unit="item", desc="caching tower features", disable=not progress) as bar:
             for shard, kind in todo:
-                tower = self.towers[kind]
+                tower = self.towers.get(kind, self.towers["image"])
                 bar.set_postfix_str(f"{kind} {os.path.basename(shard)}")
                 computing = time.perf_counter()
                 if kind == "image":
                     arrays = _image_arrays(tower, self._forwards[kind], shard, items[shard], batch_size, bar)
+                elif kind == "views":
+                    arrays = _view_arrays(tower, self._forwards[kind], self.augmentation, shard, items[shard], batch_size,
+                                          bar)
                 else:
                     arrays = _text_arrays(self._forwards[kind], items[shard], batch_size, bar, report.length_buckets)
                 report.compute_seconds[kind] += time.perf_counter() - computing
-                report.computed_rows[kind] += len(arrays["features"])
+                report.computed_rows[kind] += sizes[kind](shard)
                 if report.stored:
-                    save_shard(self.paths(shard)[kind], arrays, shard, fingerprints[shard])
+                    save_shard(self.paths(shard, views=True)[kind], arrays, shard, fingerprints[shard])
                 self._checked[shard, kind] = arrays
                 report.computed += 1
         report.seconds = time.perf_counter() - started
@@ -304,13 +356,15 @@ class FeatureCache:
                     report.seconds, ", ".join(folders))
         return report
 
-    def load(self, files: Sequence[str]) -> CachedFeatures:
-        """The features of `files` (extracted before), concatenated in shard order."""
+    def load(self, files: Sequence[str], views: bool = False) -> CachedFeatures:
+        """The features of `files` (extracted before), concatenated in shard order; with `views`
+        (and an augmentation) their augmented views too, extracted for them as `view_files`."""
         shards = []
+        views = views and self.augmentation is not None
         for shard in files:
             fingerprint = None
             arrays = {}
-            for kind, path in self.paths(shard).items():
+            for kind, path in self.paths(shard, views).items():
                 if (shard, kind) in self._checked:
                     arrays[kind] = self._checked.pop((shard, kind))
                 else:
@@ -319,7 +373,8 @@ class FeatureCache:
                         arrays[kind] = load_shard(path, shard, fingerprint)
                     except CacheMiss as miss:
                         raise PathNotFoundError(f"no usable cached features: {miss}; run FeatureCache.extract first") from None
-            if len(arrays["image"]["image_ids"]) != len(arrays["text"]["counts"]):
+            if len(arrays["image"]["image_ids"]) != len(arrays["text"]["counts"]) or (
+                    views and len(arrays["views"]["views"]) != len(arrays["text"]["counts"])):
                 raise InvalidArgumentError(f"{shard}: image and text caches disagree on the number of images; delete "
                                  f"{os.path.dirname(os.path.dirname(self.paths(shard)['image']))} and extract again")
             if "caption_keys" not in arrays["text"]:  # written before caption keys were stored
@@ -334,6 +389,7 @@ class FeatureCache:
             caption_counts=np.concatenate([s["text"]["counts"] for s in shards]),
             shard_sizes=[len(s["text"]["counts"]) for s in shards],
             caption_keys=np.concatenate([s["text"]["caption_keys"] for s in shards]),
+            image_views=np.concatenate([s["views"]["views"] for s in shards]) if views else None,
         )
 
     def _start_folder(self, folder: str) -> None:
@@ -369,6 +425,9 @@ def pair_dataset(features: CachedFeatures, config: pipeline.PipelineConfig) -> t
     `shuffle` the captions are sampled anew each epoch (unless `deterministic`) and all pairs are
     shuffled (a full shuffle, not a buffer); without it pairs come in read order, first K captions.
     Each epoch's randomness comes from `Dataset.random(seed)`, so a seeded run repeats exactly.
+    With `features.image_views` (K augmented views per image) and `shuffle`, each epoch also draws
+    one of the image's K + 1 rows (plain or a view) per image: every pair of that image in the
+    epoch shows the same view.
     """
     counts = np.asarray(features.caption_counts, np.int64)
     owner = features.caption_images()  # caption -> image row
@@ -377,6 +436,12 @@ def pair_dataset(features: CachedFeatures, config: pipeline.PipelineConfig) -> t
     first_k = np.flatnonzero(keep)
     if not len(first_k):
         raise InvalidArgumentError("the cached shards hold no captions")
+    views = features.image_views is not None and config.shuffle
+    image_rows = features.image_features  # with views: [N * (K + 1), D], image i's rows at i * (K + 1) + v
+    if views:
+        image_rows = np.concatenate([features.image_features[:, None], features.image_views], axis=1)
+        image_rows = image_rows.reshape(-1, features.image_features.shape[-1])
+        rows_per_image = features.image_views.shape[1] + 1
     if not config.shuffle:
         position = np.empty(len(counts), np.int64)
         position[read_order(features.shard_sizes)] = np.arange(len(counts))
@@ -393,20 +458,27 @@ def pair_dataset(features: CachedFeatures, config: pipeline.PipelineConfig) -> t
                 grouped = tf.gather(by_random, tf.argsort(tf.gather(owner_t, by_random), stable=True))
                 captions = tf.boolean_mask(grouped, keep_t)
             order = tf.argsort(tf.random.stateless_uniform(tf.shape(captions), seeds[1]))
-            return tf.data.Dataset.from_tensor_slices(tf.gather(captions, order))
+            captions = tf.gather(captions, order)
+            if not views:
+                return tf.data.Dataset.from_tensor_slices(captions)
+            view_seed = tf.random.experimental.stateless_fold_in(seeds[1], 1)
+            view = tf.random.stateless_uniform([len(counts)], view_seed, 0, rows_per_image, tf.int64)
+            images = tf.gather(owner_t, captions)
+            return tf.data.Dataset.from_tensor_slices((captions, images * rows_per_image + tf.gather(view, images)))
 
         ds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True).take(1).flat_map(epoch)
     if config.repeat:
         ds = ds.repeat()
-    image_features, text_features = tf.constant(features.image_features), tf.constant(features.text_features)
+    image_features, text_features = tf.constant(image_rows), tf.constant(features.text_features)
     image_ids, owner_t = tf.constant(features.image_ids, tf.int64), tf.constant(owner)
     keys = None  # features made by hand may have no caption keys: the same-image mask only
     if config.mask_duplicate_captions and features.caption_keys is not None:
         keys = tf.constant(features.caption_keys, tf.int64)
 
-    def lookup(captions):
+    def lookup(captions, rows=None):
         images = tf.gather(owner_t, captions)
-        batch = {"image_features": tf.gather(image_features, images), "text_features": tf.gather(text_features, captions),
+        batch = {"image_features": tf.gather(image_features, images if rows is None else rows),
+                 "text_features": tf.gather(text_features, captions),
                  "image_ids": tf.gather(image_ids, images)}
         return batch if keys is None else {**batch, "caption_keys": tf.gather(keys, captions)}
 
