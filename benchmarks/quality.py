@@ -2,6 +2,7 @@
 """Real quality offline: the `lit-small` preset on the real photos and towers in ../shared.
 
   python benchmarks/quality.py --shared ../shared --out benchmarks/results/quality.json
+  python benchmarks/quality.py --suite flickr8k       # `lit` on Flickr8k, 1,000 held-out photos, 3 seeds
 
 1. Writes TFRecord shards exactly as `python -m dual_encoder.data` does: coco_mini train2017
    (80 photos, 5 captions each) and fashion_small (1,327 products, `productDisplayName` as the
@@ -295,10 +296,190 @@ def remove_large_files(run_dir: Path) -> None:
             path.unlink()
 
 
+# --- the Flickr8k suite: thousands of pairs, the `lit` preset -----------------------------------
+
+FLICKR8K_HELD_OUT, FLICKR8K_SPLIT_SEED = 1000, 0  # photos never trained on, chosen by this seed
+FLICKR8K_BAR = {"t2i_R@1": 0.25, "t2i_R@5": 0.52, "t2i_R@10": 0.65}  # means over seeds
+BRNN = {"t2i_R@1": 0.118, "t2i_R@5": 0.321, "t2i_R@10": 0.447}  # image search, Flickr8K's 1,000 test photos
+# (Karpathy & Fei-Fei 2015, Deep Visual-Semantic Alignments): the historical reference the issue quotes
+FLICKR8K_VARIANTS = {  # name: (preset, epochs override, label)
+    "lit": ("lit", None, "`lit`"),
+    "lit_small_recipe": ("lit-small", None, "`lit-small`'s recipe"),
+    "untrained": ("lit", 0, "untrained heads (class prior alone)"),
+}
+FLICKR8K_ROWS = [(f"{d}_R@{k}", f"{'text→image' if d == 't2i' else 'image→text'} R@{k}") for d in ("t2i", "i2t")
+                 for k in (1, 5, 10)] + [("t2i_median_rank", "text→image median rank"),
+                                         ("i2t_median_rank", "image→text median rank"),
+                                         ("animals_accuracy", "animals10_proxy zero-shot accuracy (1 template)")]
+FLICKR8K_TIME_ROWS = [("extraction_seconds", "feature extraction, once (s)"), ("fit_seconds", "head training, fit (s)"),
+                      ("epochs_run", "epochs run"), ("train_total_seconds", "train() total (s)"),
+                      ("eval_seconds", "evaluation of the SavedModel (s)")]
+
+
+def flickr8k_layout(shared: Path) -> dict:
+    paths = {"captions": shared / "data" / "flickr8k" / "captions.txt", "images": shared / "data" / "flickr8k" / "Images",
+             "animals": shared / "data" / "animals10_proxy",
+             "image_encoder": shared / "weights" / "efficientnet_lite0_keras",
+             "text_encoder": shared / "weights" / "all-minilm-l6-v2"}  # fmt: skip
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"missing: {', '.join(missing)}")
+    return paths
+
+
+def flickr8k_split(paths: dict, work_dir: Path, held_out: int = FLICKR8K_HELD_OUT) -> dict:
+    """Two CSVs (image path, caption) in `work_dir`: `held_out` photos chosen by FLICKR8K_SPLIT_SEED
+    (all their captions) and the rest, which train.py splits again into train and val."""
+    import csv
+
+    import numpy as np
+
+    with open(paths["captions"], newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    photos = sorted({row["image"] for row in rows})
+    chosen = set(np.random.default_rng(FLICKR8K_SPLIT_SEED).choice(photos, held_out, replace=False).tolist())
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out = {"held_out": work_dir / "flickr8k-held-out.csv", "trainval": work_dir / "flickr8k-trainval.csv"}
+    for name, path in out.items():
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "caption"])
+            writer.writerows([str(paths["images"].resolve() / r["image"]), r["caption"]] for r in rows
+                             if (r["image"] in chosen) == (name == "held_out"))  # fmt: skip
+    return out
+
+
+def flickr8k_config(paths: dict, variant: str, seed: int, epochs=None):
+    preset, preset_epochs, _ = FLICKR8K_VARIANTS[variant]
+    config = run_config.get_preset(preset)
+    config.model.image_encoder, config.model.text_encoder = str(paths["image_encoder"]), str(paths["text_encoder"])
+    config.train.seed = seed
+    epochs = preset_epochs if preset_epochs is not None else epochs
+    if epochs is not None:
+        config.train.epochs = epochs
+    return config
+
+
+def flickr8k_evaluate(run_dir: Path, held_out, animals, cache_dir: Path) -> dict:
+    from dual_encoder import evaluation
+    from dual_encoder.evaluation import retrieval
+    from dual_encoder.evaluation.embedders import load_embedder
+
+    started = time.perf_counter()
+    embedder = load_embedder(str(run_dir), batch_size=64, progress=False)
+    cache = retrieval.EmbeddingCache(str(cache_dir), embedder.fingerprint())
+    report, _ = evaluation.retrieval_run(embedder, *held_out, cache)
+    metrics = {f"{short}_{key}": report[direction][key] for direction, short in (("text_to_image", "t2i"),
+               ("image_to_text", "i2t")) for key in ("R@1", "R@5", "R@10", "median_rank")}  # fmt: skip
+    metrics["animals_accuracy"] = evaluation.zero_shot(embedder, animals, SINGLE, "animals10", cache)["accuracy"]
+    metrics["eval_seconds"] = time.perf_counter() - started
+    metrics["num_images"], metrics["num_captions"] = report["num_images"], report["num_captions"]
+    return metrics
+
+
+def flickr8k_chance(records) -> dict:
+    images, counts = len(records), [len(r.captions) for r in records]
+    captions = sum(counts)
+    out = {}
+    for k in (1, 5, 10):
+        out[f"t2i_R@{k}"] = min(1.0, k / images)
+        out[f"i2t_R@{k}"] = statistics.fmean(1 - math.comb(captions - c, k) / math.comb(captions, k) for c in counts)
+    out["t2i_median_rank"] = (images + 1) / 2
+    out["animals_accuracy"] = 0.1
+    return out
+
+
+def flickr8k_table(summary: dict, chance_levels: dict, seeds: int) -> str:
+    variants = [v for v in FLICKR8K_VARIANTS if v in summary]
+    header = " | ".join(FLICKR8K_VARIANTS[v][2] for v in variants)
+    lines = [f"| held-out Flickr8k, 1,000 photos (%, mean ± std over {seeds} seeds) | {header} | BRNN (2015) | chance |",
+             "|---|" + "---:|" * (len(variants) + 2)]  # fmt: skip
+    for key, label in FLICKR8K_ROWS:
+        percent = "rank" not in key
+        cells = [_cell(summary[v].get(key), percent) for v in variants]
+        brnn = f"{100 * BRNN[key]:.1f}" if key in BRNN else "–"
+        level = chance_levels.get(key)
+        chance_cell = "–" if level is None else f"{100 * level:.1f}" if percent else f"{level:.0f}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {brnn} | {chance_cell} |")
+    for key, label in FLICKR8K_TIME_ROWS:
+        lines.append(f"| {label} | " + " | ".join(_cell(summary[v].get(key), False) for v in variants) + " | | |")
+    return "\n".join(lines)
+
+
+def flickr8k_main(args, argv) -> int:
+    """Trains `lit` (each seed), `lit-small`'s recipe (each seed) and untrained heads (first seed)
+    on Flickr8k less 1,000 held-out photos, and scores each SavedModel on those photos."""
+    from dual_encoder.cli.data import main as write_shards_cli
+    from dual_encoder.data.records import SkipCounter
+    from dual_encoder.data.tabular import csv_records
+    from dual_encoder.evaluation import datasets
+
+    try:
+        paths = flickr8k_layout(args.shared)
+    except FileNotFoundError as error:
+        print(f"skipped: the real data and towers are not there ({error}); pass --shared DIR")
+        return 0
+    started = time.perf_counter()
+    csvs = flickr8k_split(paths, args.work_dir)
+    shards = args.shards_dir / "flickr8k-trainval"
+    if write_shards_cli(["--csv", str(csvs["trainval"]), "--image-column", "image", "--caption-column", "caption",
+                         "--out", str(shards), "--quiet"]) != 0:  # fmt: skip
+        raise RuntimeError(f"writing the Flickr8k shards into {shards} failed (see the error above)")
+    shard_seconds = time.perf_counter() - started
+    if not args.reuse_features:
+        shutil.rmtree(shards / "features", ignore_errors=True)
+    skipped = SkipCounter()
+    records = csv_records(str(csvs["held_out"]), "image", "caption", skipped=skipped)
+    held_out = (records, {"type": "csv", "path": str(csvs["held_out"]), "skipped": skipped.as_dict()})
+    animals = datasets.load_animals10(paths["animals"])
+    per_seed, runs = {v: [] for v in FLICKR8K_VARIANTS}, {v: {} for v in FLICKR8K_VARIANTS}
+    for variant in FLICKR8K_VARIANTS:
+        for seed in args.seeds[:1] if variant == "untrained" else args.seeds:
+            run_dir = args.work_dir / f"flickr8k-{variant}-seed{seed}"
+            print(f"[{variant}, seed {seed}] training into {run_dir} ...", flush=True)
+            results = train_run(flickr8k_config(paths, variant, seed, args.epochs), [shards], run_dir)
+            metrics = {**flickr8k_evaluate(run_dir, held_out, animals, args.work_dir / "embeddings"), **run_metrics(results)}
+            per_seed[variant].append(metrics)
+            runs[variant][seed] = {"run_dir": str(run_dir), "metrics": metrics, "val_retrieval": results["retrieval"],
+                                   "feature_cache": results["feature_cache"],
+                                   "duplicate_captions": results["data"]["duplicate_captions"]}  # fmt: skip
+            print("  " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if not k.endswith("seconds")), flush=True)
+            if not args.keep_models:
+                remove_large_files(run_dir)
+    shutil.rmtree(args.work_dir / "embeddings", ignore_errors=True)
+    summary = {v: summarise(per_seed[v]) for v in FLICKR8K_VARIANTS}
+    chance_levels = flickr8k_chance(records)
+    table = flickr8k_table(summary, chance_levels, len(args.seeds))
+    bar = {key: {"required": need, "mean": summary["lit"][key]["mean"], "met": summary["lit"][key]["mean"] >= need}
+           for key, need in FLICKR8K_BAR.items()}  # fmt: skip
+    output = {
+        "benchmark": "quality-flickr8k", "command": ["benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])],
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "seeds": args.seeds, "held_out": {"photos": FLICKR8K_HELD_OUT, "split_seed": FLICKR8K_SPLIT_SEED,
+                                          "captions": sum(len(r.captions) for r in records)},
+        "configs": {v: flickr8k_config(paths, v, args.seeds[0], args.epochs).to_dict() for v in FLICKR8K_VARIANTS},
+        "shard_seconds": shard_seconds, "total_seconds": time.perf_counter() - started, "summary": summary,
+        "chance": chance_levels, "brnn": BRNN, "quality_bar": bar, "table": table, "runs": runs,
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(files.portable_paths(json.loads(json.dumps(output, default=str))), indent=2))
+    print("\n" + table + "\n")
+    for key, check in bar.items():
+        print(f"quality bar {key}: {100 * check['mean']:.1f} % (needs ≥ {100 * check['required']:.0f} %) "
+              f"{'met' if check['met'] else 'NOT met'}")  # fmt: skip
+    print(f"total {output['total_seconds']:.0f} s; results: {args.out}")
+    return 0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--suite", choices=("lit-small", "flickr8k"), default="lit-small",
+                        help="lit-small: coco_mini + fashion_small, the lit-small preset; flickr8k: the lit preset on "
+                             "Flickr8k less 1,000 held-out photos, against lit-small's recipe, untrained heads, BRNN, chance")
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="the shared folder (data/ and weights/)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json", help="results JSON")
+    parser.add_argument("--out", type=Path, help="results JSON (default: benchmarks/results/quality.json, "
+                                                 "quality-flickr8k.json for --suite flickr8k)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: the preset's)")
     parser.add_argument("--no-floor", action="store_true", help="skip the untrained-heads floors")
@@ -312,11 +493,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reuse-features", action="store_true",
                         help="keep tower features cached by an earlier run (default: extract again, so that it is timed)")
     parser.add_argument("--keep-models", action="store_true", help="keep each run's checkpoints, model.keras and SavedModel")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / ("quality.json" if args.suite == "lit-small" else "quality-flickr8k.json")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.suite == "flickr8k":
+        return flickr8k_main(args, argv)
     try:
         paths = shared_layout(args.shared)
     except FileNotFoundError as error:

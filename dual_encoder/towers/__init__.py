@@ -8,7 +8,7 @@ The names below are the stage's public API.
 """
 
 from dual_encoder.towers.clip import FAMILIES, Head, PresetPair, is_preset_pair, load_preset_pair
-from dual_encoder.towers.features import TextFeatures, length_buckets
+from dual_encoder.towers.features import TextFeatures, batch_length
 from dual_encoder.towers.freezing import freeze
 from dual_encoder.towers.image import (
     IMAGE_TOWERS,
@@ -37,5 +37,5 @@ __all__ = [
     "TINY_IMAGE", "TINY_TEXT", "ImageTower", "Normalization", "PixelNormalization", "PresetPair",
     "PretrainedWeightsUnavailable", "TextFeatures", "TextPreprocessor", "TextTower", "TinyImageConfig", "TinyTextConfig",
     "TokenPooling", "build_image_tower", "build_text_tower", "build_vocabulary", "freeze", "from_spec", "is_preset_pair",
-    "length_buckets", "load_preset_pair",
+    "batch_length", "load_preset_pair",
 ]

@@ -1,4 +1,4 @@
-"""A frozen text tower's features for many captions, each run at its token-length bucket.
+"""A frozen text tower's features for many captions, each batch run at its captions' length.
 
 Used wherever a frozen text tower embeds many texts at once: the feature cache (captions) and
 the class prior (ImageNet class names).
@@ -18,16 +18,10 @@ from dual_encoder.towers.text import TextTower
 
 logger = logging.getLogger(__name__)
 
-SMALLEST_BUCKET = 16  # caption length buckets: 16, 32, 64, ... up to the text tower's sequence length
-
-
-def length_buckets(sequence_length: int, smallest: int = SMALLEST_BUCKET) -> tuple:
-    """Token lengths captions are grouped into: 16, 32, 64, ... below `sequence_length`, then it."""
-    buckets, length = [], smallest
-    while length < sequence_length:
-        buckets.append(length)
-        length *= 2
-    return (*buckets, int(sequence_length))
+def batch_length(longest: int, sequence_length: int) -> int:
+    """The token length a batch of captions runs at: its longest caption's (captions are sorted
+    by length first, so a batch holds captions of about one length and little padding)."""
+    return int(min(sequence_length, max(1, longest)))
 
 
 def pools_with_padding_mask(tower: TextTower) -> bool:
@@ -42,34 +36,36 @@ def pools_with_padding_mask(tower: TextTower) -> bool:
 
 
 class TextFeatures:
-    """A frozen text tower's features for many captions, each run at its length bucket.
+    """A frozen text tower's features for many captions, each batch run at its own length.
 
-    Captions are tokenized once at the tower's sequence length, grouped by token count into
-    `length_buckets` (16/32/64/...), and each group runs with its tokens cut to the bucket's
-    length: the cut holds only padding, so the features are those of the full length (a short
-    caption costs a fraction of the full length's attention and FFN work). Features come back
-    in the captions' order. Bucketing is used only where it is exact: statically
-    (`pools_with_padding_mask`) and checked on the first bucketed batch against the full length;
-    otherwise (or with `buckets=False`) every caption runs at the full length.
+    Captions are tokenized once at the tower's sequence length and sorted by token count; each
+    batch of `batch_size` consecutive captions runs with its tokens cut to its longest caption
+    (`batch_length`): the cut holds only padding, so the features are those of the full length,
+    and a 14-token caption costs 14 tokens of attention and FFN work, not 64. One traced graph
+    takes every length. Features come back in the captions' order. The cut is used only where it
+    is exact: statically (`pools_with_padding_mask`) and checked on the first cut batch against
+    the full length; otherwise (or with `buckets=False`) every caption runs at the full length.
+    Measured on Flickr8k's captions (median 14 tokens) with all-MiniLM-L6-v2: 2x the captions/s
+    of the 16 / 32 / 64-token buckets this replaced (benchmarks/extraction_throughput.py).
     """
 
     def __init__(self, tower: TextTower, buckets: bool = True):
         self.tower, self.sequence_length = tower, int(tower.sequence_length)
-        bucketed = buckets and pools_with_padding_mask(tower)
-        self.buckets = length_buckets(self.sequence_length) if bucketed else (self.sequence_length,)
-        self.verified = len(self.buckets) == 1  # nothing to check with one bucket
-        self.max_difference = None  # bucketed vs full length on the checked batch
+        self.by_length = bool(buckets and pools_with_padding_mask(tower))
+        self.verified = not self.by_length  # nothing to check at the full length only
+        self.max_difference = None  # cut vs full length on the checked batch
         self._tokenize = tf.function(tower.preprocessor, input_signature=[tf.TensorSpec([None], tf.string)])
-        self._functions: dict = {}  # length -> traced tower, built on first use
+        self._function = None  # the traced tower, built on first use
 
     def _forward(self, length: int, tokens: dict) -> np.ndarray:
-        if length not in self._functions:
+        if self._function is None:
             def features(inputs):
                 return tf.cast(self.tower.model(inputs, training=False), tf.float32)
 
-            signature = {name: tf.TensorSpec([None, length], tf.int32) for name in tokens}
-            self._functions[length] = tf.function(features, input_signature=[signature])
-        return self._functions[length]({name: tf.constant(value[:, :length]) for name, value in tokens.items()}).numpy()
+            width = None if self.by_length else self.sequence_length  # one graph for every length
+            signature = {name: tf.TensorSpec([None, width], tf.int32) for name in tokens}
+            self._function = tf.function(features, input_signature=[signature])
+        return self._function({name: tf.constant(value[:, :length]) for name, value in tokens.items()}).numpy()
 
     def tokens(self, captions: Sequence[str], chunk: int = 4096) -> dict:
         """The preprocessor's int32 arrays at the full sequence length."""
@@ -83,20 +79,19 @@ class TextFeatures:
             return out
         tokens = self.tokens(captions)
         lengths = tokens["padding_mask"].sum(axis=1)
-        bucket = np.searchsorted(np.array(self.buckets), lengths)  # the smallest bucket that holds each caption
-        for b, length in enumerate(self.buckets):
-            rows = np.flatnonzero(bucket == b)
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start : start + batch_size]
-                part = {name: value[batch] for name, value in tokens.items()}
-                out[batch] = self._forward(length, part)
-                if not self.verified and length < self.sequence_length:
-                    if not self._check(part, out[batch]):
-                        return self(captions, batch_size, bar, counts)  # now at full length only
-                if bar is not None:
-                    bar.update(len(batch))
-            if counts is not None and len(rows):
-                counts[length] = counts.get(length, 0) + len(rows)
+        order = np.argsort(lengths, kind="stable") if self.by_length else np.arange(len(captions))
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            length = batch_length(int(lengths[batch].max()), self.sequence_length) if self.by_length else self.sequence_length
+            part = {name: value[batch] for name, value in tokens.items()}
+            out[batch] = self._forward(length, part)
+            if not self.verified and length < self.sequence_length:
+                if not self._check(part, out[batch]):
+                    return self(captions, batch_size, bar, counts)  # now at full length only
+            if bar is not None:
+                bar.update(len(batch))
+            if counts is not None:
+                counts[length] = counts.get(length, 0) + len(batch)
         return out
 
     def _check(self, tokens: dict, bucketed: np.ndarray) -> bool:
@@ -110,5 +105,5 @@ class TextFeatures:
             return True
         logger.warning("feature cache: %s gives other features on shorter padding (max difference %.2g); text features "
                        "are computed at the full sequence length %d", self.tower.name, self.max_difference, self.sequence_length)
-        self.buckets = (self.sequence_length,)
+        self.by_length = False
         return False

@@ -1,0 +1,257 @@
+#!/usr/bin/env python
+"""Speed of the frozen towers: feature extraction (images/s, captions/s), FLOPs, share of peak.
+
+  python benchmarks/extraction_throughput.py                       # 1,000 Flickr8k photos, 5,000 captions
+  python benchmarks/extraction_throughput.py --photos 300 --out /tmp/x.json
+
+Extraction is what `train.py` does first with frozen towers (`training/feature_cache.py`): decode
+each JPEG, resize it as the image tower says, run EfficientNet-Lite0 (../shared/weights); tokenize
+each caption and run all-MiniLM-L6-v2. Each variant runs in a fresh process (as `train.py` does:
+a process's first minute of big allocations is slower than its later ones, so reusing one process
+would flatter whichever variant runs last), end to end through `FeatureCache.extract`:
+
+- `before`: extraction as it was (the towers as tf.functions over variables, every image
+  resized even when already at the tower's size, caption buckets of 16 / 32 / 64 tokens);
+- one change at a time: `resize_skip`, `constant_graph` (the image tower's weights as
+  constants, so TensorFlow folds each batch norm into its conv), `caption_lengths` (captions
+  sorted by length, each batch run at its longest caption's length);
+- `after`: all three (what the code does now), and `after_bfc`: the same with TensorFlow's
+  pooling CPU allocator (TF_CPU_ALLOCATOR_USE_BFC=true).
+
+Prints images/s and captions/s, the towers' FLOPs per item (TensorFlow's profiler on the
+graphs that run), the FLOP/s achieved and their share of this CPU's peak (cores x clock x 32
+FLOP/cycle: two AVX2 FMA units of 8 float32 lanes each), the speedups over `before`, and the
+largest change of any feature value against `before`.
+"""
+
+from __future__ import annotations
+
+import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, before TensorFlow loads)
+
+# isort: split
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dual_encoder import files
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {  # name: (resize skip, constant graph, caption lengths, BFC allocator)
+    "before": (False, False, False, False),
+    "resize_skip": (True, False, False, False),
+    "constant_graph": (False, True, False, False),
+    "caption_lengths": (False, False, True, False),
+    "after": (True, True, True, False),
+    "after_bfc": (True, True, True, True),
+}
+FLOP_PER_CYCLE = 32  # float32 FMA: 2 units x 8 lanes (AVX2) x 2 FLOP
+
+
+def peak_flops() -> dict:
+    """cores x clock x FLOP_PER_CYCLE, the clock read from /proc/cpuinfo."""
+    mhz = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                mhz = float(line.split(":")[1])
+                break
+    except OSError:
+        pass
+    cores = os.cpu_count() or 1
+    return {"cores": cores, "mhz": mhz, "flop_per_cycle": FLOP_PER_CYCLE,
+            "flops": None if mhz is None else cores * mhz * 1e6 * FLOP_PER_CYCLE}  # fmt: skip
+
+
+def write_shard(shared: Path, photos: int, work: Path) -> Path:
+    """The first `photos` Flickr8k photos (sorted by name) with all their captions, as one shard folder."""
+    from dual_encoder.cli.data import main as write_shards_cli
+
+    images = (shared / "data" / "flickr8k" / "Images").resolve()
+    with open(shared / "data" / "flickr8k" / "captions.txt", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    chosen = set(sorted({r["image"] for r in rows})[:photos])
+    table = work / "captions.csv"
+    with open(table, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption"])
+        writer.writerows([str(images / r["image"]), r["caption"]] for r in rows if r["image"] in chosen)
+    out = work / "shards"
+    if write_shards_cli(["--csv", str(table), "--image-column", "image", "--caption-column", "caption",
+                         "--val-fraction", "0", "--images-per-shard", "100000", "--out", str(out), "--quiet"]) != 0:
+        raise RuntimeError(f"writing {out} failed (see above)")  # fmt: skip
+    return out
+
+
+def _as_before(resize_skip: bool, constant_graph: bool, caption_lengths: bool) -> None:
+    """Puts back the extraction as it was, one part at a time (this process only)."""
+    import tensorflow as tf
+
+    from dual_encoder.data import pipeline
+    from dual_encoder.towers import features
+    from dual_encoder.training import feature_cache
+
+    if not resize_skip:
+        pipeline._resize_unless_there = lambda image, size: tf.image.resize(image, size, antialias=True)
+    if not constant_graph:
+        plain = type("Plain", (), {"constant_graph": staticmethod(lambda f, signature: tf.function(
+            f, input_signature=signature))})  # fmt: skip
+        feature_cache._compat = plain
+    if not caption_lengths:  # each caption at the smallest of 16, 32, 64, ... tokens that holds it
+        def doubling(longest, sequence_length, smallest=16):
+            length = smallest
+            while length < longest:
+                length *= 2
+            return int(min(length, sequence_length))
+
+        features.batch_length = doubling
+
+
+def _flops(tower_call, signature) -> float:
+    import tensorflow as tf
+
+    from dual_encoder import _compat
+
+    convert = _compat._private("tensorflow.python.framework.convert_to_constants", "convert_variables_to_constants_v2")
+    graph = convert(tf.function(tower_call, input_signature=signature).get_concrete_function()).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return float(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
+
+
+def worker(args) -> int:
+    """One variant in this process: extract the shard's features, write them and the timings."""
+    resize_skip, constant_graph, caption_lengths, _ = VARIANTS[args.worker]
+    _as_before(resize_skip, constant_graph, caption_lengths)
+    import tensorflow as tf
+
+    from dual_encoder import config as run_config
+    from dual_encoder.data import pipeline
+    from dual_encoder.training import feature_cache
+    from dual_encoder.training.trainer import build_towers
+
+    shard = next(Path(args.shards).glob("train-*.tfrecord"))
+    local = Path(args.scratch) / shard.name  # the cache is written beside the shard: one folder per variant
+    local.symlink_to(shard)
+    config = run_config.get_preset("lit")
+    config.model.image_encoder = str(args.shared / "weights" / "efficientnet_lite0_keras")
+    config.model.text_encoder = str(args.shared / "weights" / "all-minilm-l6-v2")
+    captions = [c for _, caps in pipeline.image_caption_lists([str(local)]) for c in caps]
+    image, text, _ = build_towers(config, captions[:2000])
+    cache = feature_cache.FeatureCache(image, text)
+    report = cache.extract([str(local)], progress=False)
+    loaded = cache.load([str(local)])
+    np.savez(Path(args.scratch) / "features.npz", image=loaded.image_features, text=loaded.text_features)
+    rows, seconds = report.computed_rows, report.compute_seconds
+    flops = {"image": _flops(lambda x: image.model(x, training=False), [tf.TensorSpec([1, *image.image_size, 3], tf.float32)])}
+    names = list(text.preprocessor(tf.constant(["a"])))
+    text_total = sum(n * _flops(lambda d: text.model(d, training=False), [{k: tf.TensorSpec([1, length], tf.int32)
+                                                                            for k in names}])
+                     for length, n in report.length_buckets.items())  # fmt: skip
+    flops["text"] = text_total / max(1, rows["text"])
+    out = {"images": rows["image"], "captions": rows["text"], "image_seconds": seconds["image"],
+           "text_seconds": seconds["text"], "extraction_seconds": report.seconds,
+           "images_per_second": rows["image"] / seconds["image"], "captions_per_second": rows["text"] / seconds["text"],
+           "flops_per_image": flops["image"], "flops_per_caption": flops["text"],
+           "text_batch_lengths": {str(k): v for k, v in sorted(report.length_buckets.items())}}  # fmt: skip
+    (Path(args.scratch) / "timings.json").write_text(json.dumps(out))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="the shared folder (data/ and weights/)")
+    parser.add_argument("--photos", type=int, default=1000, help="Flickr8k photos to extract (with their ~5 captions each)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="what to measure")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "extraction_throughput.json",
+                        help="results JSON")
+    parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--shards", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args)
+    needed = [args.shared / "data" / "flickr8k" / "captions.txt", args.shared / "weights" / "efficientnet_lite0_keras",
+              args.shared / "weights" / "all-minilm-l6-v2"]  # fmt: skip
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        print(f"skipped: the real data and towers are not there (missing: {', '.join(missing)}); pass --shared DIR")
+        return 0
+    started = time.perf_counter()
+    results = {}
+    with tempfile.TemporaryDirectory() as work:
+        shards = write_shard(args.shared, args.photos, Path(work))
+        for name in args.variants:
+            scratch = Path(work) / name
+            scratch.mkdir()
+            env = dict(os.environ)
+            if VARIANTS[name][3]:
+                env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+            print(f"[{name}] extracting in a fresh process ...", flush=True)
+            command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--shards", str(shards), "--scratch",
+                       str(scratch), "--shared", str(args.shared)]  # fmt: skip
+            subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+            results[name] = json.loads((scratch / "timings.json").read_text())
+            with np.load(scratch / "features.npz") as stored:
+                results[name]["features"] = {k: stored[k] for k in stored.files}
+    peak = peak_flops()
+    base = results.get("before")
+    rows, features = [], {name: r.pop("features") for name, r in results.items()}
+    for name, r in results.items():
+        feats = features[name]
+        if base is not None:
+            reference = features["before"]
+            r["max_abs_change"] = {k: float(np.max(np.abs(feats[k] - reference[k]))) for k in feats}
+            r["max_relative_change"] = {k: float(np.max(np.abs(feats[k] - reference[k])) / np.max(np.abs(reference[k])))
+                                        for k in feats}  # fmt: skip
+            for kind, key in (("image", "images_per_second"), ("text", "captions_per_second")):
+                r[f"{kind}_speedup"] = r[key] / base[key]
+            r["end_to_end_speedup"] = (base["image_seconds"] + base["text_seconds"]) / (r["image_seconds"] + r["text_seconds"])
+        for kind, per, flops in (("image", "images_per_second", "flops_per_image"), ("text", "captions_per_second",
+                                                                                     "flops_per_caption")):
+            r[f"{kind}_flops_per_second"] = r[per] * r[flops]
+            r[f"{kind}_share_of_peak"] = None if peak["flops"] is None else r[f"{kind}_flops_per_second"] / peak["flops"]
+        rows.append(name)
+    header = ("| variant | images/s | captions/s | image GFLOP/s (% of peak) | text GFLOP/s (% of peak) | "
+              "end-to-end speedup | max feature change |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in rows:
+        r = results[name]
+        share = lambda kind: "" if r[f"{kind}_share_of_peak"] is None else f" ({100 * r[f'{kind}_share_of_peak']:.0f} %)"  # noqa: E731
+        change = max(r.get("max_abs_change", {"-": 0.0}).values())
+        lines.append(f"| {name} | {r['images_per_second']:.1f} | {r['captions_per_second']:.0f} | "
+                     f"{r['image_flops_per_second'] / 1e9:.1f}{share('image')} | {r['text_flops_per_second'] / 1e9:.1f}"
+                     f"{share('text')} | {r.get('end_to_end_speedup', 1.0):.2f}x | {change:.1e} |")  # fmt: skip
+    table = "\n".join(lines)
+    any_run = results[rows[0]]
+    peak_text = "unknown" if peak["flops"] is None else f"{peak['flops'] / 1e9:.0f} GFLOP/s"
+    summary = (f"{any_run['images']} images, {any_run['captions']} captions; EfficientNet-Lite0 "
+               f"{any_run['flops_per_image'] / 1e9:.3f} GFLOP/image, all-MiniLM-L6-v2 {any_run['flops_per_caption'] / 1e9:.3f} "
+               f"GFLOP/caption as run; peak {peak_text} "
+               f"({peak['cores']} cores x {peak['mhz']} MHz x {FLOP_PER_CYCLE} FLOP/cycle)")  # fmt: skip
+    output = {"benchmark": "extraction_throughput", "command": ["benchmarks/extraction_throughput.py",
+                                                                *(argv if argv is not None else sys.argv[1:])],
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+              "peak": peak, "photos": args.photos, "variants": {k: dict(zip(("resize_skip", "constant_graph",
+                                                                             "caption_lengths", "bfc_allocator"), v))
+                                                                for k, v in VARIANTS.items() if k in results},
+              "results": results, "table": table, "summary": summary,
+              "total_seconds": time.perf_counter() - started}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(files.portable_paths(json.loads(json.dumps(output, default=str))), indent=2))
+    print("\n" + summary + "\n\n" + table + f"\n\nresults: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
