@@ -483,6 +483,11 @@ def lit() -> RunConfig:
     decay instead of ReduceLROnPlateau 21.2 / 48.9 / 62.2 (at lr 6e-3: 21.0 / 49.6 / 63.0), a tie
     that needs an epoch count chosen in advance, so the plateau schedule stays; masking duplicate
     captions 21.1 / 48.9 / 62.1 against 21.1 / 48.9 / 62.2 (462 of 35,455 captions repeat).
+    Augmented views in the feature cache (`--augment-views 4`: four random-resized crops of 50-100 %
+    of the area, mirrored half the time, one of them or the plain photo per image and epoch) tied
+    on another validation split (914 photos, benchmarks/quality.py's): 19.2 / 44.8 / 58.2 against
+    18.9 / 45.1 / 58.0 without, for 212 s more extraction, so `lit` leaves them off: with both
+    towers locked and linear heads, 28,000 pairs do not overfit the way augmentation cures.
     Held out (1,000 photos, seed 0): 20.7 / 48.0 / 61.6 text->image, 24.6 / 51.5 / 64.7
     image->text; animals10_proxy zero-shot 75.8 % (lit-small: ~70 %).
     """
