@@ -41,6 +41,8 @@ EXPECTED = {
     "images_per_shard": (f"[1, {INT32}]", (False, False, False)),
     "max_side": (f"[1, {INT32}]", (False, False, False)),
     "shuffle_buffer": (f"[1, {INT32}]", (False, False, False)),
+    "augment_views": ("[0, 64]", (True, False, False)),
+    "augment_min_scale": ("(0, 1]", (False, False, False)),
     "batch_size": (f"[2, {INT32}]", (False, False, False)),
     "epochs": (f"[1, {INT32}]", (False, False, False)),
     "learning_rate": ("[0, 1]", (True, False, False)),
