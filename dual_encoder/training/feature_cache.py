@@ -27,8 +27,8 @@ run only (with a warning).
 Captions are computed by token length (`TextFeatures`): tokenized once, sorted by length, each
 batch run at its longest caption's length. Where the tower pools through the padding mask this
 gives the full length's features (checked once per extraction; otherwise all captions run at the
-full length), so keys are unchanged; COCO captions (~13 tokens) then cost 4x less with MiniLM at
-64 tokens. Images skip a resize to the size they already have, and the image tower runs as a
+full length), so keys are unchanged; a 13-token COCO caption then costs about 13/64 of the work of
+MiniLM at 64 tokens. Images skip a resize to the size they already have, and the image tower runs as a
 graph with its weights as constants (batch norms folded into the convs).
 
 Pairs come from `pair_dataset`, with the semantics of `pipeline.pair_dataset`: up to K captions
@@ -215,8 +215,8 @@ def load_shard(path: str, shard: str, fingerprint: Optional[str] = None) -> dict
 def _forward(tower: ImageTower):
     """The frozen image tower as one graph, traced once for all shards: images (0..255 at the
     tower's size) -> float32 features, in inference mode, with the weights as constants (batch
-    norms folded into the convs: 1.3x the images/s of EfficientNet-Lite0 on 2 cores, features
-    within 2e-5 of the layer-by-layer ones, benchmarks/extraction_throughput.py)."""
+    norms folded into the convs: 1.33x the images/s of EfficientNet-Lite0 on 2 cores, features
+    within 1.2e-5 of the layer-by-layer ones, benchmarks/extraction_throughput.py)."""
 
     def features(images):
         return tf.cast(tower.model(images, training=False), tf.float32)
