@@ -106,16 +106,29 @@ def make_config(paths: dict, seed: int, epochs=None, class_prior=None):
     config.model.image_encoder, config.model.text_encoder = str(paths["image_encoder"]), str(paths["text_encoder"])
     config.train.seed = seed
     if epochs is not None:
-        untrained(config) if epochs == 0 else setattr(config.train, "epochs", epochs)
+        set_epochs(config, epochs)
     if class_prior is not None:
         config.model.class_prior = class_prior
     return config
 
 
-def untrained(config) -> None:
-    """The heads as initialised: one epoch at learning rate 0 (train.py needs at least one epoch;
-    AdamW at rate 0 moves no weight, decay included), then the usual export."""
-    config.train.epochs, config.train.learning_rate = 1, 0.0
+def report(out: Path, output: dict, table: str, bar: dict) -> None:
+    """Writes the results JSON (paths relative to the repository or ../shared), prints the table and the bar."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(files.portable_paths(json.loads(json.dumps(output, default=str))), indent=2))
+    print("\n" + table + "\n")
+    for key, check in bar.items():
+        print(f"quality bar {key}: {100 * check['mean']:.1f} % (needs ≥ {100 * check['required']:.0f} %) "
+              f"{'met' if check['met'] else 'NOT met'}")  # fmt: skip
+
+
+def set_epochs(config, epochs: int) -> None:
+    """`epochs` epochs; 0 means the heads as initialised: one epoch at learning rate 0 (train.py
+    needs at least one epoch; AdamW at rate 0 moves no weight, decay included), then the export."""
+    if epochs == 0:
+        config.train.epochs, config.train.learning_rate = 1, 0.0
+    else:
+        config.train.epochs = epochs
 
 
 def train_run(config, shard_dirs, run_dir: Path) -> dict:
@@ -362,7 +375,7 @@ def flickr8k_config(paths: dict, variant: str, seed: int, epochs=None):
     config.train.seed = seed
     epochs = preset_epochs if preset_epochs is not None else epochs
     if epochs is not None:
-        untrained(config) if epochs == 0 else setattr(config.train, "epochs", epochs)
+        set_epochs(config, epochs)
     return config
 
 
@@ -469,12 +482,7 @@ def flickr8k_main(args, argv) -> int:
         "shard_seconds": shard_seconds, "total_seconds": time.perf_counter() - started, "summary": summary,
         "chance": chance_levels, "brnn": BRNN, "quality_bar": bar, "table": table, "runs": runs,
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(files.portable_paths(json.loads(json.dumps(output, default=str))), indent=2))
-    print("\n" + table + "\n")
-    for key, check in bar.items():
-        print(f"quality bar {key}: {100 * check['mean']:.1f} % (needs ≥ {100 * check['required']:.0f} %) "
-              f"{'met' if check['met'] else 'NOT met'}")  # fmt: skip
+    report(args.out, output, table, bar)
     print(f"total {output['total_seconds']:.0f} s; results: {args.out}")
     return 0
 
@@ -569,12 +577,7 @@ def main(argv=None) -> int:
                  **{name: report["data"] for name, report in sample.items() if name not in ("coco", *ENSEMBLE_REPORTS)}},
         "linear_probe": {name: sample[name]["linear_probe"]["config"] for name in sample if "linear_probe" in sample[name]},
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(files.portable_paths(json.loads(json.dumps(output, default=str))), indent=2))
-    print("\n" + table + "\n")
-    for key, check in bar.items():
-        print(f"quality bar {key}: {100 * check['mean']:.1f} % (needs ≥ {100 * check['required']:.0f} %) "
-              f"{'met' if check['met'] else 'NOT met'}")  # fmt: skip
+    report(args.out, output, table, bar)
     print(f"results: {args.out}")
     return 0
 

@@ -33,3 +33,15 @@ def shard_dir(tmp_path_factory):
     write_shards(records, str(out), source_info={"type": "sample"}, skipped=SkipCounter(), val_fraction=0.25, seed=0,
                  images_per_shard=200, progress=False)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def quality():
+    """benchmarks/quality.py as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("quality_benchmark", Path(__file__).parents[1] / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,21 +1,10 @@
 """benchmarks/quality.py --suite flickr8k, its parts on a captions file the test writes (offline, no towers)."""
 
 import csv
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _flickr8k(folder: Path, photos: int) -> dict:

@@ -5,7 +5,6 @@ features would take minutes to write and extract on 2 cores): the held-out numbe
 be well above chance, or the towers, their preprocessing, the heads or the evaluation broke.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,14 +18,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is absent"),
 ]
-
-
-@pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_reduced_quality_run_beats_chance(quality, tmp_path, capsys):
