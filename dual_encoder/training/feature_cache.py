@@ -237,7 +237,7 @@ def _image_arrays(tower: ImageTower, forward, shard: str, items: list, batch_siz
 
 
 def _forward_views(tower: ImageTower, augmentation: ViewAugmentation, shard: str, batch_size: int):
-    """(image hash, views [K, H, W, 3]) per image of a shard, batched by image for the tower."""
+    """The K views [K, H, W, 3] of each image of a shard, in shard order, batched by image for the tower."""
     size, resize = tower.image_size, tower.resize
 
     def views(example):
