@@ -48,6 +48,7 @@ def test_the_lit_command_trains_on_flickr8k_with_flags_alone(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "runs" / "lit-flickr8k" / "results.json").read_text())
     assert results["config"]["preset"] == "lit" and results["config"]["train"]["batch_size"] == 512
+    assert results["config"]["model"]["feature_dropout"] == 0.3
     assert Path(results["towers"]["image"]["name"]).name == "efficientnet_lite0_keras"
     assert results["feature_cache"]["used"] and results["feature_cache"]["computed_rows"]["text"] == PHOTOS * 5
     assert results["data"]["duplicate_captions"]["captions"] == 0.8 * PHOTOS * 5  # the training split (80 %)

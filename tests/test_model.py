@@ -113,3 +113,50 @@ def test_mixed_float16_scales_the_loss_and_keeps_embeddings_float32():
         assert model.embed_images(_batch(model)).dtype == tf.float32
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_feature_dropout_drops_a_share_in_training_only_and_follows_its_seed():
+    from dual_encoder.model import FeatureDropout
+
+    ones = tf.ones((512, 1280))
+    layer = FeatureDropout(0.3, seed=7)
+    np.testing.assert_array_equal(layer(ones, training=False), ones)
+    first, second = layer(ones, training=True).numpy(), layer(ones, training=True).numpy()
+    assert abs((first == 0).mean() - 0.3) < 0.01
+    np.testing.assert_allclose(first[first != 0], 1 / 0.7, rtol=1e-6)  # the kept ones scaled: the mean is kept
+    assert (first != second).any()  # a new mask per step
+    # Compiled, as in the cached-feature step (XLA's Philox stream differs from the kernel's): the
+    # same share, and the same masks again from the same seed.
+    masks = []
+    for _ in range(2):
+        again = FeatureDropout(0.3, seed=7)
+        masks.append(tf.function(lambda x, layer=again: layer(x, training=True), jit_compile=True)(ones).numpy())
+    np.testing.assert_array_equal(masks[0], masks[1])
+    assert abs((masks[0] == 0).mean() - 0.3) < 0.01
+    with pytest.raises(ValueError, match="feature dropout"):
+        FeatureDropout(1.0)
+
+
+def test_feature_dropout_leaves_inference_and_the_class_prior_path_whole():
+    from dual_encoder.model import ClassPrior
+
+    plain = _model(head="linear", dropout=0.0)
+    dropped = _model(head="linear", dropout=0.0, feature_dropout=0.5)
+    dropped.set_weights(plain.get_weights())
+    batch = _batch(plain)
+    for embed in ("embed_images", "embed_texts"):
+        np.testing.assert_allclose(getattr(dropped, embed)(batch), getattr(plain, embed)(batch), atol=1e-6)
+    assert not np.allclose(dropped.embed_texts(batch, training=True), plain.embed_texts(batch))
+    restored = type(dropped).from_config(dropped.get_config())
+    assert restored.feature_dropout_rate == 0.5 and plain.feature_dropout is None
+
+    image_dim, text_dim = plain.image_encoder.output_shape[-1], plain.text_encoder.output_shape[-1]
+    prior = ClassPrior(6, text_dim, top_k=2)
+    prior.build((None, image_dim))
+    rng = np.random.default_rng(0)
+    prior.set_weights([rng.normal(size=(image_dim, 6)), rng.normal(size=6), rng.normal(size=(6, text_dim))])
+    with_prior = _model(head="linear", dropout=0.0, feature_dropout=0.5, class_prior=prior)
+    # The image head's own path starts closed (gate 0): dropping its input must change nothing yet.
+    np.testing.assert_allclose(with_prior.embed_images(batch, training=True), with_prior.embed_images(batch), atol=1e-6)
+    with_prior.image_head_gate.assign(1.0)
+    assert not np.allclose(with_prior.embed_images(batch, training=True), with_prior.embed_images(batch))

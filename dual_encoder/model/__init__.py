@@ -6,9 +6,9 @@
 
 from dual_encoder.model.class_prior import ClassPrior, ClassPriorUnavailable, build_class_prior
 from dual_encoder.model.dual_encoder import DualEncoder
-from dual_encoder.model.heads import ProjectionHead
+from dual_encoder.model.heads import FeatureDropout, ProjectionHead
 from dual_encoder.model.losses import LOSSES, get_loss
 from dual_encoder.model.replicas import num_workers
 
-__all__ = ["LOSSES", "ClassPrior", "ClassPriorUnavailable", "DualEncoder", "ProjectionHead", "build_class_prior",
-           "get_loss", "num_workers"]
+__all__ = ["LOSSES", "ClassPrior", "ClassPriorUnavailable", "DualEncoder", "FeatureDropout", "ProjectionHead",
+           "build_class_prior", "get_loss", "num_workers"]

@@ -16,7 +16,7 @@ import tensorflow as tf
 from dual_encoder import _compat
 from dual_encoder.model import class_prior as _class_prior  # noqa: F401  (registers ClassPrior for loading)
 from dual_encoder.model import losses
-from dual_encoder.model.heads import ProjectionHead
+from dual_encoder.model.heads import FeatureDropout, ProjectionHead
 from dual_encoder.model.replicas import gather_replicas, num_workers, replica_context, sum_replicas
 from dual_encoder.towers import layers as _tower_layers  # noqa: F401  (registers the tower layers a model.keras holds)
 
@@ -49,6 +49,8 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
     none). `logit_bias`: SigLIP's starting bias; `logit_scale_max`: the clamp of the log scale
     (CLIP's ln 100; a checkpoint trained past it, as SigLIP's, keeps its own). `grad_cache_chunk`:
     run the towers N pairs at a time in the train step (GradCache, `_grad_cache_step`).
+    `feature_dropout`: dropout on the tower features entering each head's own projection, in
+    training only (the class prior's path is left whole, so the image side never loses its bridge).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         projection_dim=256,
         head="mlp",
         dropout=0.1,
+        feature_dropout=0.0,
         logit_scale=losses.LOGIT_SCALE_INIT,
         learn_temperature=True,
         loss="infonce",
@@ -82,6 +85,9 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         self.head_bias = {"image": bool(image_head_bias), "text": bool(text_head_bias)}
         self.image_head = ProjectionHead(projection_dim, head, dropout, use_bias=image_head_bias, name="image_head")
         self.text_head = ProjectionHead(projection_dim, head, dropout, use_bias=text_head_bias, name="text_head")
+        self.feature_dropout_rate = float(feature_dropout)
+        # Made only when used: its seed state would otherwise be one more variable in every checkpoint.
+        self.feature_dropout = FeatureDropout(feature_dropout, name="feature_dropout") if feature_dropout else None
         self.image_head.build((None, image_encoder.output_shape[-1]))
         self.text_head.build((None, text_encoder.output_shape[-1]))
         self.class_prior = class_prior
@@ -110,19 +116,23 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
     def text_features(self, tokens, training=False):
         return self.text_encoder(tokens, training=training and self.text_encoder.trainable)
 
+    def _drop_features(self, features, training):
+        return self.feature_dropout(features, training=training) if self.feature_dropout is not None else features
+
     def embed_images(self, batch, training=False):
         features = batch["image_features"] if "image_features" in batch else self.image_features(batch["images"], training)
         if self.class_prior is None:
-            return self.image_head(features, training=training)
+            return self.image_head(self._drop_features(features, training), training=training)
         # The prior lives in text-feature space, so the text head projects it; the image head's
         # own path starts switched off (gate 0) and opens as far as the captions justify.
         projected = self.text_head.project_features(self.class_prior(features), training) + tf.cast(
-            self.image_head_gate, tf.float32) * self.image_head.project_features(features, training)
+            self.image_head_gate, tf.float32) * self.image_head.project_features(self._drop_features(features, training),
+                                                                                 training)
         return tf.math.l2_normalize(projected, axis=-1)
 
     def embed_texts(self, batch, training=False):
         features = batch["text_features"] if "text_features" in batch else self.text_features(batch["tokens"], training)
-        return self.text_head(features, training=training)
+        return self.text_head(self._drop_features(features, training), training=training)
 
     def encode_texts(self, texts):
         """Raw strings -> embeddings, tokenizing with the model's own preprocessor."""
@@ -303,6 +313,7 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
             "projection_dim": self.projection_dim,
             "head": self.head,
             "dropout": self.dropout_rate,
+            "feature_dropout": self.feature_dropout_rate,
             "logit_scale": self.logit_scale_init,
             "learn_temperature": self.learn_temperature,
             "loss": self.loss_name,

@@ -55,3 +55,31 @@ class ProjectionHead(keras.layers.Layer):
         bias = {} if self.use_bias else {"use_bias": False}  # older model.keras files have no such key
         return {**super().get_config(), "projection_dim": self.projection_dim, "kind": self.kind, "dropout": self.dropout_rate,
                 **bias}
+
+
+@keras.saving.register_keras_serializable(package=_SERIALIZABLE)
+class FeatureDropout(keras.layers.Layer):
+    """Dropout on tower features before the heads (`--feature-dropout`), in training only.
+
+    The mask comes from the Philox generator: Keras' Dropout draws ThreeFry numbers, which XLA's
+    CPU backend (the cached-feature step is compiled) makes at 150 ms per 512 x 1,280 mask against
+    5 ms for Philox; that made a Flickr8k epoch 18 s instead of 4.
+    """
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= rate < 1:
+            raise InvalidArgumentError(f"feature dropout must be in [0, 1), got {rate}")
+        self.rate, self.seed = float(rate), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        if not training or not self.rate:
+            return inputs
+        seed = tf.cast(self.seed_generator.next(), tf.int64)
+        keep = tf.random.stateless_uniform(tf.shape(inputs), seed=seed, alg="philox") >= self.rate
+        return tf.where(keep, inputs / tf.cast(1.0 - self.rate, inputs.dtype), tf.zeros_like(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+

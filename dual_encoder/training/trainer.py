@@ -138,7 +138,8 @@ def build_model(config: RunConfig, image_tower, text_tower) -> DualEncoder:
     return DualEncoder(
         image_tower.model, text_tower.model, text_tower.preprocessor,
         image_size=image_tower.image_size, resize=image_tower.resize, projection_dim=m.projection_dim,
-        head=m.head, dropout=m.dropout, logit_scale=m.logit_scale, learn_temperature=m.learn_temperature,
+        head=m.head, dropout=m.dropout, feature_dropout=m.feature_dropout, logit_scale=m.logit_scale,
+        learn_temperature=m.learn_temperature,
         loss=m.loss or "infonce", class_prior=prior, grad_cache_chunk=config.finetune.grad_cache_chunk,
     )
 
