@@ -489,7 +489,7 @@ def lit() -> RunConfig:
     captions 21.1 / 48.9 / 62.1 against 21.1 / 48.9 / 62.2 (462 of 35,455 captions repeat).
     Augmented views in the feature cache (`--augment-views 4`: four random-resized crops of 50-100 %
     of the area, mirrored half the time, one of them or the plain photo per image and epoch) tied
-    on another validation split (914 photos, benchmarks/quality.py's): 19.2 / 44.8 / 58.2 against
+    on another validation split (1,218 photos, benchmarks/quality.py's): 19.2 / 44.8 / 58.2 against
     18.9 / 45.1 / 58.0 without, for 212 s more extraction, so `lit` leaves them off: with both
     towers locked and linear heads, 28,000 pairs do not overfit the way augmentation cures.
     Yet the heads do overfit: by epoch 7 the training batches' text->image accuracy is 0.76 against
