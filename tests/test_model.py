@@ -148,7 +148,7 @@ def test_feature_dropout_leaves_inference_and_the_class_prior_path_whole():
         np.testing.assert_allclose(getattr(dropped, embed)(batch), getattr(plain, embed)(batch), atol=1e-6)
     assert not np.allclose(dropped.embed_texts(batch, training=True), plain.embed_texts(batch))
     restored = type(dropped).from_config(dropped.get_config())
-    assert restored.feature_dropout_rate == 0.5 and plain.feature_dropout is None
+    assert restored.feature_dropout.rate == 0.5 and plain.feature_dropout is None
 
     image_dim, text_dim = plain.image_encoder.output_shape[-1], plain.text_encoder.output_shape[-1]
     prior = ClassPrior(6, text_dim, top_k=2)

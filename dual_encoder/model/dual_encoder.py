@@ -85,7 +85,6 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
         self.head_bias = {"image": bool(image_head_bias), "text": bool(text_head_bias)}
         self.image_head = ProjectionHead(projection_dim, head, dropout, use_bias=image_head_bias, name="image_head")
         self.text_head = ProjectionHead(projection_dim, head, dropout, use_bias=text_head_bias, name="text_head")
-        self.feature_dropout_rate = float(feature_dropout)
         # Made only when used: its seed state would otherwise be one more variable in every checkpoint.
         self.feature_dropout = FeatureDropout(feature_dropout, name="feature_dropout") if feature_dropout else None
         self.image_head.build((None, image_encoder.output_shape[-1]))
@@ -313,7 +312,7 @@ class DualEncoder(_compat.BuildsOptimizerInScope, keras.Model):
             "projection_dim": self.projection_dim,
             "head": self.head,
             "dropout": self.dropout_rate,
-            "feature_dropout": self.feature_dropout_rate,
+            "feature_dropout": self.feature_dropout.rate if self.feature_dropout is not None else 0.0,
             "logit_scale": self.logit_scale_init,
             "learn_temperature": self.learn_temperature,
             "loss": self.loss_name,
