@@ -204,6 +204,12 @@ class ModelConfig(_Checked):
     head: str = _field("mlp", "projection head: mlp (Dense-GELU-Dense-Dropout-residual-LayerNorm, the reference) or "
                               "linear", choices=("mlp", "linear"))
     dropout: float = _field(0.1, "dropout in the projection heads", FRACTION)
+    image_feature_stages: int = _field(0, "also average-pool the outputs of the image tower's last N stages below its top "
+                                          "and append them to its features: mid-level colour and texture that captions "
+                                          "name (CNN towers whose layers are named block1..., block2..., as keras.applications' "
+                                          "and keras-hub's EfficientNets are)", PATIENCE)
+    text_feature_layers: int = _field(0, "also pool the N transformer blocks below the text tower's top the way the top is "
+                                         "pooled, and append them to its features", PATIENCE)
     feature_dropout: float = _field(0.0, "dropout on the tower features as they enter the heads, in training only: "
                                          "regularises heads trained on frozen (cached) features, which otherwise fit the "
                                          "training pairs within a few epochs", FRACTION)
@@ -511,6 +517,8 @@ def lit() -> RunConfig:
     """
     config = lit_small()
     config.model.feature_dropout = 0.3
+    config.model.image_feature_stages = 4
+    config.model.text_feature_layers = 1
     config.train = TrainConfig(batch_size=512, epochs=15, learning_rate=3e-3, weight_decay=1e-3, early_stopping_patience=5,
                                reduce_lr_patience=2)
     config.preset = "lit"

@@ -49,6 +49,9 @@ def test_the_lit_command_trains_on_flickr8k_with_flags_alone(tmp_path):
     results = json.loads((tmp_path / "runs" / "lit-flickr8k" / "results.json").read_text())
     assert results["config"]["preset"] == "lit" and results["config"]["train"]["batch_size"] == 512
     assert results["config"]["model"]["feature_dropout"] == 0.3
+    # Four stages below the top pooled beside it (80 + 112 + 192 + 320), and MiniLM's fifth layer beside its sixth.
+    assert results["towers"]["image"]["feature_dim"] == 1280 + 704 and results["towers"]["image"]["pooled_dim"] == 1280
+    assert results["towers"]["text"]["feature_dim"] == 2 * 384
     assert Path(results["towers"]["image"]["name"]).name == "efficientnet_lite0_keras"
     assert results["feature_cache"]["used"] and results["feature_cache"]["computed_rows"]["text"] == PHOTOS * 5
     assert results["data"]["duplicate_captions"]["captions"] == 0.8 * PHOTOS * 5  # the training split (80 %)

@@ -33,6 +33,8 @@ EXPECTED = {
     "projection_dim": ("[1, 65536]", (False, False, False)),
     "dropout": ("[0, 1)", (True, False, False)),
     "feature_dropout": ("[0, 1)", (True, False, False)),
+    "image_feature_stages": (f"[0, {INT32}]", (True, False, False)),
+    "text_feature_layers": (f"[0, {INT32}]", (True, False, False)),
     "logit_scale": ("[0, 4.605]", (True, False, False)),
     "trainable_layers": (f"[0, {INT32}]", (True, False, False)),
     "class_prior_top_k": (f"[1, {INT32}]", (False, False, False)),

@@ -117,10 +117,15 @@ def embed_class_names(text_tower, names: Sequence[str], template: str = TEMPLATE
 
 
 def build_class_prior(image_encoder: str, image_feature_dim: int, text_tower, top_k: int = TOP_K,
-                      class_names: Optional[Sequence[str]] = None, head=None) -> ClassPrior:
+                      class_names: Optional[Sequence[str]] = None, head=None,
+                      pooled_dim: Optional[int] = None) -> ClassPrior:
     """The prior for an image tower (by the name it was built from) and a built text tower.
-    `head`: (kernel, bias) to use instead of reading the preset's classifier (tests)."""
+    `head`: (kernel, bias) to use instead of reading the preset's classifier (tests).
+    `pooled_dim`: the tower's leading features the classifier reads, when more follow (its
+    `--image-feature-stages`); the classifier's kernel gets zero rows for the others."""
     kernel, bias = head if head is not None else image_classifier_head(image_encoder)
+    if pooled_dim is not None and pooled_dim != image_feature_dim and kernel.shape[0] == pooled_dim:
+        kernel = np.concatenate([kernel, np.zeros((image_feature_dim - pooled_dim, kernel.shape[1]), kernel.dtype)])
     if kernel.shape[0] != image_feature_dim:
         raise ClassPriorUnavailable(f"the classifier of {image_encoder!r} reads {kernel.shape[0]} features but the image "
                                     f"tower gives {image_feature_dim}")

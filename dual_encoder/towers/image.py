@@ -7,6 +7,7 @@ normalisation (inside the model, so raw 0..255 pixels go in).
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -100,6 +101,8 @@ class ImageTower:
     blocks: Optional[list] = None
     # The weights the checkpoint puts after this tower (towers/clip.py `Head`), for the head to start from.
     projection: Optional[object] = None
+    # How many leading features are the backbone's own pooled ones (the rest: `feature_stages`); None: all.
+    pooled_dim: Optional[int] = None
 
 
 # --- image towers ------------------------------------------------------------------------
@@ -121,8 +124,8 @@ class _ImageBackbone:
 def _tiny_image(image_size, weights_file) -> _ImageBackbone:
     size = (image_size or TINY_IMAGE.image_size,) * 2
     inputs = x = keras.Input((*size, 3))
-    for filters in TINY_IMAGE.filters:
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+    for stage, filters in enumerate(TINY_IMAGE.filters, 1):  # named as keras.applications names stages
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=f"block{stage}_conv")(x)
     backbone = keras.Model(inputs, x, name="tiny_convnet")
     if weights_file:
         backbone.load_weights(weights_file)
@@ -183,13 +186,37 @@ def _hub_image(name: str, weights, weights_file, image_size) -> _ImageBackbone:
         interpolation=getattr(converter, "interpolation", "bilinear"))
 
 
+_STAGE_NAME = re.compile(r"block(\d+)")  # keras.applications and keras-hub CNNs: block1a_..., block4c_add, block14_...
+
+
+def stage_outputs(backbone: keras.Model, stages: int, name: str) -> list:
+    """The outputs of the last layer of each of the backbone's last `stages` stages below its
+    top stage (stages as the layer names number them: block1..., block2..., ...), lowest first."""
+    last, spatial = {}, [layer for layer in backbone.layers if len(layer.output.shape) == 4]
+    for layer in spatial:
+        match = _STAGE_NAME.match(layer.name)
+        if match:
+            last[int(match.group(1))] = layer
+    # A numbered stage that ends the backbone (Xception's block14) is its top, already in the features.
+    below_top = [last[n] for n in sorted(last) if last[n] is not spatial[-1]]
+    if len(below_top) < stages:
+        raise InvalidArgumentError(f"--image-feature-stages {stages}: image tower {name!r} has {len(below_top)} stages "
+                                   "below its top whose layers are named block1..., block2..., ...; pass at most that "
+                                   "many, or 0")
+    return [layer.output for layer in below_top[len(below_top) - stages:]]
+
+
 def build_image_tower(name: str = "xception", weights: Optional[str] = "imagenet",
-                      image_size: Optional[int] = None) -> ImageTower:
+                      image_size: Optional[int] = None, feature_stages: int = 0) -> ImageTower:
     """Image tower by name: `tiny`, a keras.applications name, a keras-hub preset or directory.
 
     `weights`: "imagenet" (the keras.applications download, or the preset's own weights), a local
     weights file of the backbone (for keras.applications: the no-top file keras would download),
     or None for random initialisation. `image_size` overrides the tower's default size.
+    `feature_stages` N > 0 appends to the pooled top features the average-pooled outputs of the
+    N stages below the top: mid-level colour, texture and part features that captions name ("a
+    red shirt") and ImageNet's top layer has learned to ignore. The top's features come first,
+    so a classifier on them (the class prior) reads the leading `pooled_dim` features unchanged.
     """
     key, weights_file = name.lower(), local_weights_file(weights)
     if key == "tiny":
@@ -201,11 +228,24 @@ def build_image_tower(name: str = "xception", weights: Optional[str] = "imagenet
     else:
         raise unknown_tower("image", name, IMAGE_TOWERS)
     inputs = keras.Input((*built.image_size, 3), name="images")
-    x = built.model(PixelNormalization(**built.normalization.as_dict(), name="pixel_normalization")(inputs))
+    pixels = PixelNormalization(**built.normalization.as_dict(), name="pixel_normalization")(inputs)
+    if feature_stages and built.pooling not in ("avg", None):
+        raise InvalidArgumentError(f"--image-feature-stages needs a convolutional image tower; {name!r} gives tokens")
+    backbone = built.model
+    if feature_stages:  # the same layers, with the chosen stages' outputs exposed too
+        backbone = keras.Model(backbone.inputs, [backbone.output, *stage_outputs(backbone, feature_stages, name)],
+                               name=f"{backbone.name}_stages")
+        x, *stages = backbone(pixels)
+    else:
+        x, stages = backbone(pixels), []
     if built.pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif built.pooling:
         x = TokenPooling(built.pooling, name="token_pool")(x)
+    pooled_dim = int(x.shape[-1])
+    if stages:
+        x = keras.layers.Concatenate(name="stage_features")(
+            [x, *(keras.layers.GlobalAveragePooling2D(name=f"stage_pool_{i}")(s) for i, s in enumerate(stages, 1))])
     model = keras.Model(inputs, x, name=f"image_tower_{Path(name).name}")
     feature_dim = int(model.output.shape[-1])
     spec = {"kind": "image", "name": name, "weights": built.weights, "image_size": list(built.image_size),
@@ -213,4 +253,7 @@ def build_image_tower(name: str = "xception", weights: Optional[str] = "imagenet
             "normalization": built.normalization.as_dict(), "pooling": built.pooling or "avg",
             "feature_dim": feature_dim,
             "build": {"name": portable(name), "weights": portable(weights_file) or weights, "image_size": image_size}}
-    return ImageTower(name, model, tuple(built.image_size), built.resize, feature_dim, spec)
+    if feature_stages:  # only then, so the caches of towers without stages keep their identity
+        spec["feature_stages"] = spec["build"]["feature_stages"] = feature_stages
+        spec["pooled_dim"] = pooled_dim
+    return ImageTower(name, model, tuple(built.image_size), built.resize, feature_dim, spec, pooled_dim=pooled_dim)

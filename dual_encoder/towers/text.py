@@ -137,11 +137,24 @@ def _hub_text(name: str, pretrained: bool) -> _TextBackbone:
                          activation)
 
 
+def lower_layer_outputs(backbone, layers: int, name: str) -> list:
+    """The token sequences that the `layers` transformer blocks below the top put out, lowest first."""
+    blocks = list(getattr(backbone, "transformer_layers", None) or [])
+    if len(blocks) - 1 < layers:
+        raise InvalidArgumentError(f"--text-feature-layers {layers}: text tower {name!r} has {max(len(blocks) - 1, 0)} "
+                                   "transformer blocks below its top; pass at most that many, or 0")
+    return [block.output for block in blocks[len(blocks) - 1 - layers:-1]]
+
+
 def build_text_tower(name: str = "bert_base_en_uncased", pretrained: bool = True,
-                     sequence_length: Optional[int] = None, vocabulary: Optional[list[str]] = None) -> TextTower:
+                     sequence_length: Optional[int] = None, vocabulary: Optional[list[str]] = None,
+                     feature_layers: int = 0) -> TextTower:
     """Text tower by name: `tiny` (needs `vocabulary`), a keras-hub preset, or a local folder.
 
     `pretrained=False` keeps the architecture and tokenizer but initialises weights randomly.
+    `feature_layers` N > 0 appends to the pooled top features the same pooling of the N blocks
+    below the top: a sentence model's top layer is tuned for sentence similarity, the layers
+    under it still hold the word-level detail (colours, counts) that tells two photos apart.
     """
     sequence_length = int(sequence_length or DEFAULT_SEQUENCE_LENGTH)
     if name.lower() == "tiny":
@@ -158,8 +171,13 @@ def build_text_tower(name: str = "bert_base_en_uncased", pretrained: bool = True
     inputs, outputs = built.model.input, built.model.output
     # The backbone's own graph up to the token sequence (BERT's unused NSP pooler left out).
     outputs = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
-    model = keras.Model(inputs, TokenPooling(built.pooling, name="token_pool")(outputs, inputs["padding_mask"]),
-                        name=f"text_tower_{Path(name).name}")
+    pooled = TokenPooling(built.pooling, name="token_pool")(outputs, inputs["padding_mask"])
+    if feature_layers:
+        lower = lower_layer_outputs(built.model, feature_layers, name)
+        pooled = keras.layers.Concatenate(name="layer_features")(
+            [pooled, *(TokenPooling(built.pooling, name=f"token_pool_{i}")(sequence, inputs["padding_mask"])
+                       for i, sequence in enumerate(lower, 1))])
+    model = keras.Model(inputs, pooled, name=f"text_tower_{Path(name).name}")
     preprocessor = TextPreprocessor(built.tokenizer, sequence_length, segment_ids="segment_ids" in inputs,
                                     name="text_preprocessor")
     vocab, tokenizer = [str(token) for token in built.tokenizer.get_vocabulary()], built.tokenizer
@@ -172,4 +190,6 @@ def build_text_tower(name: str = "bert_base_en_uncased", pretrained: bool = True
             "feature_dim": feature_dim,
             "build": {"name": portable(name), "pretrained": pretrained, "sequence_length": sequence_length,
                       "vocabulary": list(vocabulary) if vocabulary is not None else None}}
+    if feature_layers:  # only then, so the caches of towers without them keep their identity
+        spec["feature_layers"] = spec["build"]["feature_layers"] = feature_layers
     return TextTower(name, preprocessor, model, sequence_length, feature_dim, spec)

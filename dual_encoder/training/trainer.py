@@ -74,9 +74,13 @@ def build_towers(config: RunConfig, captions: Sequence[str]):
     (with --init: both towers, and the sequence length, are the checkpoint's)."""
     m = config.model
     if config.finetune.init:
+        if m.image_feature_stages or m.text_feature_layers:
+            raise InvalidArgumentError("--image-feature-stages and --text-feature-layers are for towers built by name; "
+                                       "the towers of --init are the checkpoint's own: pass 0 (the default)")
         return _init_towers(config)
     weights = m.image_weights or ("imagenet" if m.pretrained else None)
-    image_tower = towers.build_image_tower(m.image_encoder, weights=weights, image_size=m.image_size)
+    image_tower = towers.build_image_tower(m.image_encoder, weights=weights, image_size=m.image_size,
+                                           feature_stages=m.image_feature_stages)
     vocabulary = None
     if m.text_encoder == "tiny":
         vocabulary = towers.build_vocabulary(captions, size=m.vocabulary_size)
@@ -88,7 +92,7 @@ def build_towers(config: RunConfig, captions: Sequence[str]):
         sequence_length, stats = choose_sequence_length(probe.preprocessor, captions)
         sequence_length = min(sequence_length, PROBE_SEQUENCE_LENGTH)
     text_tower = towers.build_text_tower(m.text_encoder, pretrained=m.pretrained, sequence_length=sequence_length,
-                                         vocabulary=vocabulary)
+                                         vocabulary=vocabulary, feature_layers=m.text_feature_layers)
     towers.freeze(image_tower.model, m.train_image_tower, m.trainable_layers)
     towers.freeze(text_tower.model, m.train_text_tower, m.trainable_layers)
     return image_tower, text_tower, stats
@@ -134,7 +138,8 @@ def build_model(config: RunConfig, image_tower, text_tower) -> DualEncoder:
         if not m.pretrained:
             raise class_prior.ClassPriorUnavailable("--class-prior needs the pretrained image classifier; drop "
                                                     "--no-pretrained or pass --no-class-prior")
-        prior = class_prior.build_class_prior(m.image_encoder, image_tower.feature_dim, text_tower, m.class_prior_top_k)
+        prior = class_prior.build_class_prior(m.image_encoder, image_tower.feature_dim, text_tower, m.class_prior_top_k,
+                                              pooled_dim=image_tower.pooled_dim)
     return DualEncoder(
         image_tower.model, text_tower.model, text_tower.preprocessor,
         image_size=image_tower.image_size, resize=image_tower.resize, projection_dim=m.projection_dim,
