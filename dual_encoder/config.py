@@ -508,8 +508,13 @@ def lit() -> RunConfig:
     Unlocking the top text layer (MiniLM's last block trained at lr 1e-4 on cached layer-5 hidden
     states, the heads as above, no feature dropout) reached 20.0 / 45.4 / 58.2 at its best epoch
     against 18.9 / 45.1 / 58.0, at 57 s per epoch instead of 4: not worth its cost, so not built.
-    Concatenating the mean-pooled layer-5 states to the text features: 19.6 against 18.8 R@1 in the
-    quick loop, left out (the SavedModel's text tower would change shape).
+    Mid-level features (`--image-feature-stages 4 --text-feature-layers 1`, kept): EfficientNet's
+    pooled stage outputs 4c / 5c / 6d / 7a beside its top features and MiniLM's mean-pooled 5th
+    block beside its sentence embedding, cached like the top: 22.5-22.6 / 49.0-49.5 / 61.5-62.0
+    against 19.8-20.1 / 45.6-45.7 / 58.4-58.9 in the quick loop (seeds 0-2, feature dropout 0.3);
+    all 6 stages without the text layer 21.6 / 48.4 / 61.7. Left out there: a kNN caption prior
+    (+0.1 R@1), 4 ensembled heads (+0.4), max pooling (0), per-dimension standardising and 2 x 2
+    grid pooling (worse).
     Held out (1,000 photos, benchmarks/quality.py --suite flickr8k, seeds 0-2): 22.1 / 50.9 / 64.0
     text->image, 26.7 / 54.8 / 67.3 image->text (median ranks 5 / 4); before feature dropout 21.0
     / 48.7 / 62.0 and 24.0 / 51.1 / 64.8; lit-small's recipe 19.9 / 47.5 / 60.4; animals10_proxy
