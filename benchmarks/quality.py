@@ -423,8 +423,8 @@ def _flickr8k_cell(stat: dict | None, percent: bool) -> str:
 
 def flickr8k_table(summary: dict, chance_levels: dict) -> str:
     variants = [v for v in FLICKR8K_VARIANTS if v in summary]
-    header = " | ".join(f"{FLICKR8K_VARIANTS[v][2]} ({_seed_count(summary[v])} seed"
-                        f"{'s' if _seed_count(summary[v]) != 1 else ''})" for v in variants)  # fmt: skip
+    seeds = {v: _seed_count(summary[v]) for v in variants}
+    header = " | ".join(f"{FLICKR8K_VARIANTS[v][2]} ({seeds[v]} seed{'s' if seeds[v] != 1 else ''})" for v in variants)
     lines = [f"| held-out Flickr8k, 1,000 photos (%, mean ± std over the seeds) | {header} | BRNN (2015) | chance |",
              "|---|" + "---:|" * (len(variants) + 2)]  # fmt: skip
     for key, label in FLICKR8K_ROWS:
