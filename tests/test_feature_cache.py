@@ -117,6 +117,22 @@ def test_cached_features_train_exactly_as_recomputing_them(frozen_towers, record
     assert epochs[1] < epochs[0]  # it did learn something
 
 
+def test_the_validation_split_embeds_from_the_cache_as_through_the_towers(frozen_towers, records, tmp_path):
+    image, text = frozen_towers
+    files = shards(tmp_path, records, [7, 5])  # two shards: the cached rows must keep the towers' order
+    cache = feature_cache.FeatureCache(image, text)
+    cache.extract(files, batch_size=4, progress=False)
+    keras.utils.set_random_seed(5)
+    model = DualEncoder(image.model, text.model, text.preprocessor, image_size=image.image_size, projection_dim=16,
+                        head="mlp", dropout=0.1)
+    towers_run = training.trainer.embed_split(model, files, batch_size=4)
+    cached_run = training.trainer.embed_cached_split(model, cache.load(files), batch_size=5)
+    np.testing.assert_array_equal(cached_run[2], towers_run[2])  # each caption's image
+    assert cached_run[0].shape == (12, 16) and cached_run[1].shape == (sum(len(r.captions) for r in records[:12]), 16)
+    for cached, computed in zip(cached_run[:2], towers_run[:2]):
+        np.testing.assert_allclose(cached, computed, atol=1e-5)
+
+
 def test_interrupted_extraction_resumes_and_broken_files_are_rebuilt(frozen_towers, records, tmp_path, monkeypatch):
     image, text = frozen_towers
     files = shards(tmp_path, records[:16], [8, 8])
@@ -270,7 +286,7 @@ def test_train_with_frozen_towers_caches_the_features_next_to_the_shards(shard_d
     assert json.loads((tmp_path / "results.json").read_text())["feature_cache"] == cache
     assert cache["jit_compile"]  # heads only: XLA
     assert results["epochs_run"] == 1 and "val_loss" in results["final"]
-    assert results["retrieval"]["num_images"] == 10  # evaluated with the whole model, as before
+    assert results["retrieval"]["num_images"] == 10  # the val split, embedded from its cached features
 
 
 def test_unwritable_shard_folder_keeps_the_features_in_memory(frozen_towers, records, tmp_path, monkeypatch):

@@ -193,6 +193,23 @@ def embed_split(model: DualEncoder, files: Sequence[str], batch_size: int = 64):
     return image_embeddings, text_embeddings, owner
 
 
+def embed_cached_split(model: DualEncoder, features: feature_cache.CachedFeatures, batch_size: int = 4096):
+    """`embed_split` from the towers' cached features: only the heads run. With frozen towers the
+    features are the ones the towers would compute, and the split takes seconds instead of the
+    towers' minutes (99 s of a 177 s one-epoch `lit` run on 1,218 Flickr8k photos)."""
+
+    def embed(method, key, rows):
+        return np.concatenate([method({key: tf.constant(rows[s : s + batch_size])}).numpy()
+                               for s in range(0, len(rows), batch_size)])
+
+    order = feature_cache.read_order(features.shard_sizes)  # the rows as `embed_split` reads the shards
+    starts = np.concatenate([[0], np.cumsum(features.caption_counts)])
+    caption_rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in order])
+    owner = np.repeat(np.arange(len(order)), features.caption_counts[order])
+    return (embed(model.embed_images, "image_features", features.image_features[order]),
+            embed(model.embed_texts, "text_features", features.text_features[caption_rows]), owner)
+
+
 def train(config: RunConfig, shard_dirs: Sequence[str], output_dir, verbose="auto", export: bool = True) -> dict:
     """Trains on shards written by `python -m dual_encoder.data`, resuming if `output_dir` has a
     backup, then exports and writes `results.json`. Returns the results dict.
@@ -383,7 +400,10 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
     if pretrained is not None:  # from here on the model is the exported mix
         mixed = wise_ft.apply_mix(model, pretrained, wise_ft.weights_of(model), config.finetune.wise_ft)
     eval_files = val_files or train_files
-    image_emb, text_emb, owner = embed_split(model, eval_files)
+    if cache is not None and mixed is None:  # a WiSE-FT mix re-weights the towers, so it runs them
+        image_emb, text_emb, owner = embed_cached_split(model, cache.load(eval_files))
+    else:
+        image_emb, text_emb, owner = embed_split(model, eval_files)
     evaluation = {"split": "val" if val_files else "train", **retrieval.retrieval_report(image_emb, text_emb, owner)}
 
     export_seconds = None
