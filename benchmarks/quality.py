@@ -455,8 +455,9 @@ def flickr8k_main(args, argv) -> int:
     started = time.perf_counter()
     csvs = flickr8k_split(paths, args.work_dir)
     shards = args.shards_dir / "flickr8k-trainval"
+    val_fraction = run_config.get_preset("lit").data.val_fraction  # the split train.py --preset lit --csv writes
     if write_shards_cli(["--csv", str(csvs["trainval"]), "--image-column", "image", "--caption-column", "caption",
-                         "--out", str(shards), "--quiet"]) != 0:  # fmt: skip
+                         "--val-fraction", str(val_fraction), "--out", str(shards), "--quiet"]) != 0:  # fmt: skip
         raise RuntimeError(f"writing the Flickr8k shards into {shards} failed (see the error above)")
     shard_seconds = time.perf_counter() - started
     if not args.reuse_features:
