@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from dual_encoder import config as run_config
+
 ROOT = Path(__file__).resolve().parents[1]
 FLICKR = ROOT.parent / "shared" / "data" / "flickr8k"
 PHOTOS = 150
@@ -54,8 +56,10 @@ def test_the_lit_command_trains_on_flickr8k_with_flags_alone(tmp_path):
     assert results["towers"]["text"]["feature_dim"] == 2 * 384
     assert Path(results["towers"]["image"]["name"]).name == "efficientnet_lite0_keras"
     assert results["feature_cache"]["used"] and results["feature_cache"]["computed_rows"]["text"] == PHOTOS * 5
-    assert results["data"]["duplicate_captions"]["captions"] == 0.8 * PHOTOS * 5  # the training split (80 %)
-    chance = 1 / results["retrieval"]["num_images"]  # 30 held-out photos: real towers find them
+    val_photos = round(PHOTOS * run_config.get_preset("lit").data.val_fraction)  # lit holds out 5 %: 8 photos
+    assert results["config"]["data"]["val_fraction"] == 0.05 and results["retrieval"]["num_images"] == val_photos
+    assert results["data"]["duplicate_captions"]["captions"] == (PHOTOS - val_photos) * 5  # the training split
+    chance = 1 / val_photos  # real towers find the held-out photos
     assert results["retrieval"]["text_to_image"]["R@1"] > 3 * chance and results["retrieval"]["image_to_text"]["R@1"] > 3 * chance
     assert (tmp_path / "runs" / "lit-flickr8k" / "saved_model" / "saved_model.pb").is_file()
     assert "text->image R@1/5/10" in done.stdout
