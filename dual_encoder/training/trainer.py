@@ -351,7 +351,7 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         report = cache.extract(train_files + val_files, progress=verbose != 0, view_files=train_files)
         cache_results = {**report.as_dict(), "jit_compile": jit_compile, "augmentation": augmentation.spec()}
 
-    duplicates = {}
+    duplicates, val_features = {}, []  # the validation features fit reads, kept for the retrieval report
 
     def pairs(files, training):
         pipeline_config = pipeline.PipelineConfig(
@@ -361,6 +361,8 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         )
         if cache is not None:
             features = cache.load(files, views=training)
+            if not training:
+                val_features.append(features)
             if training:
                 duplicates.update(_log_duplicates(config, caption_keys.duplicate_report(
                     features.image_ids[features.caption_images()], features.caption_keys)))
@@ -401,7 +403,7 @@ def _train(config: RunConfig, shard_dirs: list[str], output_dir, verbose, export
         mixed = wise_ft.apply_mix(model, pretrained, wise_ft.weights_of(model), config.finetune.wise_ft)
     eval_files = val_files or train_files
     if cache is not None and mixed is None:  # a WiSE-FT mix re-weights the towers, so it runs them
-        image_emb, text_emb, owner = embed_cached_split(model, cache.load(eval_files))
+        image_emb, text_emb, owner = embed_cached_split(model, val_features[0] if val_features else cache.load(eval_files))
     else:
         image_emb, text_emb, owner = embed_split(model, eval_files)
     evaluation = {"split": "val" if val_files else "train", **retrieval.retrieval_report(image_emb, text_emb, owner)}
