@@ -207,8 +207,9 @@ def test_batch_length():
     assert text_features.batch_length(0, 64) == 1
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_captions_by_length_bucket_give_the_full_length_features_and_the_same_cache(records, tmp_path, pooling, monkeypatch):
+@pytest.mark.parametrize("pooling, feature_layers", [("mean", 0), ("cls", 0), ("mean", 1)])  # 1: lit's mid-level features
+def test_captions_by_length_bucket_give_the_full_length_features_and_the_same_cache(records, tmp_path, pooling,
+                                                                                     feature_layers, monkeypatch):
     rng = np.random.default_rng(0)
     words = [c for r in records for c in r.captions]
     varied = [dataclasses.replace(r, captions=[" ".join(rng.choice(words, n)) for n in (1, 3, 6, 12)])  # ~8..90 tokens
@@ -216,7 +217,8 @@ def test_captions_by_length_bucket_give_the_full_length_features_and_the_same_ca
     monkeypatch.setattr(text_towers, "TINY_TEXT", dataclasses.replace(text_towers.TINY_TEXT, pooling=pooling))
     keras.utils.set_random_seed(3)
     image = towers.build_image_tower("tiny", weights=None, image_size=IMAGE_SIZE)
-    text = towers.build_text_tower("tiny", sequence_length=64, vocabulary=towers.build_vocabulary(words, size=200))
+    text = towers.build_text_tower("tiny", sequence_length=64, vocabulary=towers.build_vocabulary(words, size=200),
+                                   feature_layers=feature_layers)
     for tower in (image, text):
         towers.freeze(tower.model, False)
     assert text_features.pools_with_padding_mask(text)

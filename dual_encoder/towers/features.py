@@ -27,12 +27,13 @@ def batch_length(longest: int, sequence_length: int) -> int:
 def pools_with_padding_mask(tower: TextTower) -> bool:
     """Whether cutting trailing padding leaves the features unchanged, as far as the graph shows:
     every input takes any length, the backbone gets the padding mask (keras-hub backbones mask
-    attention with it) and the pooling reads only real tokens (CLS, or masked mean/max/last;
-    the packer pads on the right). `TextFeatures` also checks the numbers once."""
+    attention with it) and every pooling reads only real tokens (CLS, or masked mean/max/last;
+    the packer pads on the right): the top one, and one per lower block with
+    `--text-feature-layers`. `TextFeatures` also checks the numbers once."""
     inputs = tower.model.input if isinstance(tower.model.input, dict) else {}
     pooling = [layer for layer in tower.model.layers if isinstance(layer, TokenPooling)]
     return ("padding_mask" in inputs and all(len(x.shape) == 2 and x.shape[1] is None for x in inputs.values())
-            and len(pooling) == 1 and pooling[0].mode in ("cls", "mean", "max", "last"))
+            and bool(pooling) and all(layer.mode in ("cls", "mean", "max", "last") for layer in pooling))
 
 
 class TextFeatures:
