@@ -14,14 +14,31 @@ would flatter whichever variant runs last), end to end through `FeatureCache.ext
   resized even when already at the tower's size, caption buckets of 16 / 32 / 64 tokens);
 - one change at a time: `resize_skip`, `constant_graph` (the image tower's weights as
   constants, so TensorFlow folds each batch norm into its conv), `caption_lengths` (captions
-  sorted by length, each batch run at its longest caption's length);
-- `after`: all three (what the code does now), and `after_bfc`: the same with TensorFlow's
-  pooling CPU allocator (TF_CPU_ALLOCATOR_USE_BFC=true).
+  sorted by length, each batch run at its longest caption's length), `concurrent_towers` (the
+  captions computed in a second thread while the images are);
+- `after`: all four (what the code does now); `--variants after_bfc` adds the same with
+  TensorFlow's pooling CPU allocator (TF_CPU_ALLOCATOR_USE_BFC=true), measured with no gain.
+
+Those rows run the towers' top features only, as extraction was when this was first measured.
+`lit` also caches mid-level features (EfficientNet's 4 stage outputs, MiniLM's 5th block), and
+three more rows run its towers: `lit_before` (all four changes off), `lit_full_length` (the
+image changes on, but every caption at the full 32 tokens and the towers one after the other:
+the padding check accepted one pooling layer only, so that is how `lit` ran until the check
+took its two) and `lit` (now).
+Each group's speedups and feature changes are against its own first row.
+
+This machine's speed drifts from minute to minute (a shared host: the same process measured
+97 and 190 images/s on back-to-back passes), so `--repeats` runs every variant that many times,
+round-robin (each variant sees the same drift), and the table gives each variant's median run
+(by extraction seconds, the wall time of `FeatureCache.extract`) with the range of its rates.
+With concurrent towers, images/s and captions/s are each tower's rate while the other runs
+beside it; the end-to-end speedup is the ratio of extraction seconds.
 
 Prints images/s and captions/s, the towers' FLOPs per item (TensorFlow's profiler on the
 graphs that run), the FLOP/s achieved and their share of this CPU's peak (cores x clock x 32
-FLOP/cycle: two AVX2 FMA units of 8 float32 lanes each), the speedups over `before`, and the
-largest change of any feature value against `before`.
+FLOP/cycle: two AVX2 FMA units of 8 float32 lanes each; where the CPU has AVX-512, which oneDNN
+then uses, the JSON also gives the share of the 64 FLOP/cycle peak), the speedups over `before`,
+and the largest change of any feature value against `before`.
 """
 
 from __future__ import annotations
@@ -46,30 +63,46 @@ import numpy as np
 from dual_encoder import files
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name: (resize skip, constant graph, caption lengths, BFC allocator)
-    "before": (False, False, False, False),
-    "resize_skip": (True, False, False, False),
-    "constant_graph": (False, True, False, False),
-    "caption_lengths": (False, False, True, False),
-    "after": (True, True, True, False),
-    "after_bfc": (True, True, True, True),
+VARIANTS = {  # name: (resize skip, constant graph, caption lengths, BFC allocator, lit's mid-level features, concurrent towers)
+    "before": (False, False, False, False, False, False),
+    "resize_skip": (True, False, False, False, False, False),
+    "constant_graph": (False, True, False, False, False, False),
+    "caption_lengths": (False, False, True, False, False, False),
+    "concurrent_towers": (False, False, False, False, False, True),
+    "after": (True, True, True, False, False, True),
+    "after_bfc": (True, True, True, True, False, True),
+    "lit_before": (False, False, False, False, True, False),
+    "lit_full_length": (True, True, False, False, True, False),
+    "lit": (True, True, True, False, True, True),
 }
+SWITCHES = ("resize_skip", "constant_graph", "caption_lengths", "bfc_allocator", "mid_level", "concurrent_towers")
+DEFAULT_VARIANTS = [name for name in VARIANTS if name != "after_bfc"]  # BFC: measured, no gain (README)
+
+
+def reference(name: str) -> str:
+    """The row a variant is compared with: the first of its group (top features only, or lit's)."""
+    return "lit_before" if VARIANTS[name][4] else "before"
 FLOP_PER_CYCLE = 32  # float32 FMA: 2 units x 8 lanes (AVX2) x 2 FLOP
+AVX512_FLOP_PER_CYCLE = 64  # the same two units 16 lanes wide, where the CPU has AVX-512 (oneDNN then uses it)
 
 
 def peak_flops() -> dict:
-    """cores x clock x FLOP_PER_CYCLE, the clock read from /proc/cpuinfo."""
-    mhz = None
+    """cores x clock x FLOP_PER_CYCLE (the AVX2 peak the shares are against), the clock read from
+    /proc/cpuinfo; with `avx512f` among its flags, also the AVX-512 peak (twice that, if both FMA
+    units are 512 bits wide, as on AMD Zen 5 and Intel server cores)."""
+    mhz, flags = None, set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
+            if line.startswith("cpu MHz") and mhz is None:
                 mhz = float(line.split(":")[1])
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":")[1].split())
     except OSError:
         pass
     cores = os.cpu_count() or 1
-    return {"cores": cores, "mhz": mhz, "flop_per_cycle": FLOP_PER_CYCLE,
-            "flops": None if mhz is None else cores * mhz * 1e6 * FLOP_PER_CYCLE}  # fmt: skip
+    peak = lambda per_cycle: None if mhz is None else cores * mhz * 1e6 * per_cycle  # noqa: E731
+    return {"cores": cores, "mhz": mhz, "flop_per_cycle": FLOP_PER_CYCLE, "flops": peak(FLOP_PER_CYCLE),
+            "avx512": "avx512f" in flags, "avx512_flops": peak(AVX512_FLOP_PER_CYCLE) if "avx512f" in flags else None}
 
 
 def write_shard(shared: Path, photos: int, work: Path) -> Path:
@@ -107,6 +140,16 @@ def _as_before(resize_skip: bool, constant_graph: bool, caption_lengths: bool) -
             f, input_signature=signature))})  # fmt: skip
         feature_cache._compat = plain
     if not caption_lengths:  # each caption at the smallest of 16, 32, 64, ... tokens that holds it
+        from dual_encoder.towers.layers import TokenPooling
+
+        def one_pooling(tower):  # the padding check as it was: a tower with one pooling layer only
+            inputs = tower.model.input if isinstance(tower.model.input, dict) else {}
+            pooling = [layer for layer in tower.model.layers if isinstance(layer, TokenPooling)]
+            return ("padding_mask" in inputs and all(len(x.shape) == 2 and x.shape[1] is None for x in inputs.values())
+                    and len(pooling) == 1 and pooling[0].mode in ("cls", "mean", "max", "last"))
+
+        features.pools_with_padding_mask = one_pooling
+
         def doubling(longest, sequence_length, smallest=16):
             length = smallest
             while length < longest:
@@ -114,6 +157,20 @@ def _as_before(resize_skip: bool, constant_graph: bool, caption_lengths: bool) -
             return int(min(length, sequence_length))
 
         features.batch_length = doubling
+
+
+def median_run(runs: list) -> dict:
+    """The run with the median extraction seconds (wall), its FLOP counts from the first run, and
+    every run's images/s and captions/s."""
+    ordered = sorted(runs, key=lambda r: r["extraction_seconds"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median.update({k: runs[0][k] for k in ("flops_per_image", "flops_per_caption")})
+    median["images_per_second"] = median["images"] / median["image_seconds"]
+    median["captions_per_second"] = median["captions"] / median["text_seconds"]
+    median["runs"] = [{"images_per_second": r["images"] / r["image_seconds"],
+                       "captions_per_second": r["captions"] / r["text_seconds"],
+                       "extraction_seconds": r["extraction_seconds"]} for r in runs]  # fmt: skip
+    return median
 
 
 def _flops(tower_call, signature) -> float:
@@ -130,7 +187,7 @@ def _flops(tower_call, signature) -> float:
 
 def worker(args) -> int:
     """One variant in this process: extract the shard's features, write them and the timings."""
-    resize_skip, constant_graph, caption_lengths, _ = VARIANTS[args.worker]
+    resize_skip, constant_graph, caption_lengths, _, mid_level, concurrent_towers = VARIANTS[args.worker]
     _as_before(resize_skip, constant_graph, caption_lengths)
     import tensorflow as tf
 
@@ -145,24 +202,26 @@ def worker(args) -> int:
     config = run_config.get_preset("lit")
     config.model.image_encoder = str(args.shared / "weights" / "efficientnet_lite0_keras")
     config.model.text_encoder = str(args.shared / "weights" / "all-minilm-l6-v2")
+    if not mid_level:
+        config.model.image_feature_stages = config.model.text_feature_layers = 0
     captions = [c for _, caps in pipeline.image_caption_lists([str(local)]) for c in caps]
     image, text, _ = build_towers(config, captions[:2000])
-    cache = feature_cache.FeatureCache(image, text)
+    cache = feature_cache.FeatureCache(image, text, concurrent_towers=concurrent_towers)
     report = cache.extract([str(local)], progress=False)
     loaded = cache.load([str(local)])
     np.savez(Path(args.scratch) / "features.npz", image=loaded.image_features, text=loaded.text_features)
     rows, seconds = report.computed_rows, report.compute_seconds
-    flops = {"image": _flops(lambda x: image.model(x, training=False), [tf.TensorSpec([1, *image.image_size, 3], tf.float32)])}
-    names = list(text.preprocessor(tf.constant(["a"])))
-    text_total = sum(n * _flops(lambda d: text.model(d, training=False), [{k: tf.TensorSpec([1, length], tf.int32)
-                                                                            for k in names}])
-                     for length, n in report.length_buckets.items())  # fmt: skip
-    flops["text"] = text_total / max(1, rows["text"])
     out = {"images": rows["image"], "captions": rows["text"], "image_seconds": seconds["image"],
            "text_seconds": seconds["text"], "extraction_seconds": report.seconds,
-           "images_per_second": rows["image"] / seconds["image"], "captions_per_second": rows["text"] / seconds["text"],
-           "flops_per_image": flops["image"], "flops_per_caption": flops["text"],
            "text_batch_lengths": {str(k): v for k, v in sorted(report.length_buckets.items())}}  # fmt: skip
+    if args.count_flops:  # the same graphs every repeat: counted on the first only
+        out["flops_per_image"] = _flops(lambda x: image.model(x, training=False),
+                                        [tf.TensorSpec([1, *image.image_size, 3], tf.float32)])  # fmt: skip
+        names = list(text.preprocessor(tf.constant(["a"])))
+        text_total = sum(n * _flops(lambda d: text.model(d, training=False), [{k: tf.TensorSpec([1, length], tf.int32)
+                                                                                for k in names}])
+                         for length, n in report.length_buckets.items())  # fmt: skip
+        out["flops_per_caption"] = text_total / max(1, rows["text"])
     (Path(args.scratch) / "timings.json").write_text(json.dumps(out))
     return 0
 
@@ -171,10 +230,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="the shared folder (data/ and weights/)")
     parser.add_argument("--photos", type=int, default=1000, help="Flickr8k photos to extract (with their ~5 captions each)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="what to measure")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS, help="what to measure")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "extraction_throughput.json",
                         help="results JSON")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each variant (round-robin, each in a fresh process); the table gives the median")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shards", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -186,65 +248,81 @@ def main(argv=None) -> int:
     if missing:
         print(f"skipped: the real data and towers are not there (missing: {', '.join(missing)}); pass --shared DIR")
         return 0
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     started = time.perf_counter()
-    results = {}
+    runs, features = {name: [] for name in args.variants}, {}
     with tempfile.TemporaryDirectory() as work:
         shards = write_shard(args.shared, args.photos, Path(work))
-        for name in args.variants:
-            scratch = Path(work) / name
-            scratch.mkdir()
-            env = dict(os.environ)
-            if VARIANTS[name][3]:
-                env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
-            print(f"[{name}] extracting in a fresh process ...", flush=True)
-            command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--shards", str(shards), "--scratch",
-                       str(scratch), "--shared", str(args.shared)]  # fmt: skip
-            subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-            results[name] = json.loads((scratch / "timings.json").read_text())
-            with np.load(scratch / "features.npz") as stored:
-                results[name]["features"] = {k: stored[k] for k in stored.files}
+        for repeat in range(args.repeats):
+            for name in args.variants:
+                scratch = Path(work) / f"{name}-{repeat}"
+                scratch.mkdir()
+                env = dict(os.environ)
+                if VARIANTS[name][3]:
+                    env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+                print(f"[{name}, run {repeat + 1} of {args.repeats}] extracting in a fresh process ...", flush=True)
+                command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--shards", str(shards),
+                           "--scratch", str(scratch), "--shared", str(args.shared)]  # fmt: skip
+                command += ["--count-flops"] if repeat == 0 else []
+                subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+                runs[name].append(json.loads((scratch / "timings.json").read_text()))
+                with np.load(scratch / "features.npz") as stored:
+                    current = {k: stored[k] for k in stored.files}
+                if name in features and any(not np.array_equal(features[name][k], current[k]) for k in current):
+                    raise RuntimeError(f"{name}: run {repeat + 1} computed other features than run 1")
+                features[name] = current
+    results = {name: median_run(name_runs) for name, name_runs in runs.items()}
     peak = peak_flops()
-    base = results.get("before")
-    rows, features = [], {name: r.pop("features") for name, r in results.items()}
+    rows = []
     for name, r in results.items():
-        feats = features[name]
+        feats, base = features[name], results.get(reference(name))
         if base is not None:
-            reference = features["before"]
-            r["max_abs_change"] = {k: float(np.max(np.abs(feats[k] - reference[k]))) for k in feats}
-            r["max_relative_change"] = {k: float(np.max(np.abs(feats[k] - reference[k])) / np.max(np.abs(reference[k])))
-                                        for k in feats}  # fmt: skip
+            reference_features = features[reference(name)]
+            r["compared_with"] = reference(name)
+            r["max_abs_change"] = {k: float(np.max(np.abs(feats[k] - reference_features[k]))) for k in feats}
+            r["max_relative_change"] = {k: float(np.max(np.abs(feats[k] - reference_features[k]))
+                                                 / np.max(np.abs(reference_features[k]))) for k in feats}  # fmt: skip
             for kind, key in (("image", "images_per_second"), ("text", "captions_per_second")):
                 r[f"{kind}_speedup"] = r[key] / base[key]
-            r["end_to_end_speedup"] = (base["image_seconds"] + base["text_seconds"]) / (r["image_seconds"] + r["text_seconds"])
+            r["end_to_end_speedup"] = base["extraction_seconds"] / r["extraction_seconds"]
         for kind, per, flops in (("image", "images_per_second", "flops_per_image"), ("text", "captions_per_second",
                                                                                      "flops_per_caption")):
             r[f"{kind}_flops_per_second"] = r[per] * r[flops]
-            r[f"{kind}_share_of_peak"] = None if peak["flops"] is None else r[f"{kind}_flops_per_second"] / peak["flops"]
+            for peak_name in ("flops", "avx512_flops"):
+                share = "share_of_peak" if peak_name == "flops" else "share_of_avx512_peak"
+                r[f"{kind}_{share}"] = None if peak[peak_name] is None else r[f"{kind}_flops_per_second"] / peak[peak_name]
         rows.append(name)
-    header = ("| variant | images/s | captions/s | image GFLOP/s (% of peak) | text GFLOP/s (% of peak) | "
-              "end-to-end speedup | max feature change |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    header = ("| variant | images/s (range) | captions/s (range) | image GFLOP/s (% of peak) | text GFLOP/s (% of peak) | "
+              "extraction seconds | end-to-end speedup | max feature change |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in rows:
         r = results[name]
         share = lambda kind: "" if r[f"{kind}_share_of_peak"] is None else f" ({100 * r[f'{kind}_share_of_peak']:.0f} %)"  # noqa: E731
         change = max(r.get("max_abs_change", {"-": 0.0}).values())
-        lines.append(f"| {name} | {r['images_per_second']:.1f} | {r['captions_per_second']:.0f} | "
+        spread = lambda key, digits: "–".join(f"{f(x[key] for x in r['runs']):.{digits}f}" for f in (min, max))  # noqa: E731
+        lines.append(f"| {name} | {r['images_per_second']:.1f} ({spread('images_per_second', 0)}) | "
+                     f"{r['captions_per_second']:.0f} ({spread('captions_per_second', 0)}) | "
                      f"{r['image_flops_per_second'] / 1e9:.1f}{share('image')} | {r['text_flops_per_second'] / 1e9:.1f}"
-                     f"{share('text')} | {r.get('end_to_end_speedup', 1.0):.2f}x | {change:.1e} |")  # fmt: skip
+                     f"{share('text')} | {r['extraction_seconds']:.1f} | "
+                     f"{r.get('end_to_end_speedup', 1.0):.2f}x vs {r.get('compared_with', name)} | {change:.1e} |")  # fmt: skip
     table = "\n".join(lines)
     any_run = results[rows[0]]
     peak_text = "unknown" if peak["flops"] is None else f"{peak['flops'] / 1e9:.0f} GFLOP/s"
     summary = (f"{any_run['images']} images, {any_run['captions']} captions; EfficientNet-Lite0 "
                f"{any_run['flops_per_image'] / 1e9:.3f} GFLOP/image, all-MiniLM-L6-v2 {any_run['flops_per_caption'] / 1e9:.3f} "
                f"GFLOP/caption as run; peak {peak_text} "
-               f"({peak['cores']} cores x {peak['mhz']} MHz x {FLOP_PER_CYCLE} FLOP/cycle)")  # fmt: skip
+               f"({peak['cores']} cores x {peak['mhz']} MHz x {FLOP_PER_CYCLE} FLOP/cycle, AVX2 FMA)"
+               + ("" if not peak["avx512"] or peak["avx512_flops"] is None else
+                  f"; this CPU has AVX-512 too, which oneDNN uses: against its {peak['avx512_flops'] / 1e9:.0f} GFLOP/s "
+                  f"({AVX512_FLOP_PER_CYCLE} FLOP/cycle) the shares halve")
+               + f"; median of {args.repeats} runs per variant")  # fmt: skip
     output = {"benchmark": "extraction_throughput", "command": ["benchmarks/extraction_throughput.py",
                                                                 *(argv if argv is not None else sys.argv[1:])],
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-              "peak": peak, "photos": args.photos, "variants": {k: dict(zip(("resize_skip", "constant_graph",
-                                                                             "caption_lengths", "bfc_allocator"), v))
-                                                                for k, v in VARIANTS.items() if k in results},
+              "peak": peak, "photos": args.photos, "repeats": args.repeats,
+              "variants": {k: dict(zip(SWITCHES, v)) for k, v in VARIANTS.items() if k in results},
               "results": results, "table": table, "summary": summary,
               "total_seconds": time.perf_counter() - started}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ import collections
 import dataclasses
 import json
 import os
+import threading
 import time
 
 import keras
@@ -145,8 +146,8 @@ def test_interrupted_extraction_resumes_and_broken_files_are_rebuilt(frozen_towe
         saved.append(path)
 
     monkeypatch.setattr(feature_cache, "save_shard", crash_after_first_shard)
-    with pytest.raises(KeyboardInterrupt):
-        feature_cache.FeatureCache(image, text).extract(files, progress=False)
+    with pytest.raises(KeyboardInterrupt):  # one tower after the other, so the files saved are known
+        feature_cache.FeatureCache(image, text, concurrent_towers=False).extract(files, progress=False)
     monkeypatch.undo()
     cache = feature_cache.FeatureCache(image, text)  # a new process would start like this
     first, second = cache.paths(files[0]), cache.paths(files[1])
@@ -181,6 +182,45 @@ def test_interrupted_extraction_resumes_and_broken_files_are_rebuilt(frozen_towe
     np.testing.assert_allclose(features.text_features[:first_captions], expected.text_features[:first_captions], atol=1e-6)
     np.testing.assert_array_equal(features.image_ids[:8], expected.image_ids[:8])
     assert not np.isin(features.image_ids[8:], expected.image_ids).any()
+
+
+def test_the_text_tower_runs_beside_the_image_tower_with_the_same_features(frozen_towers, records, tmp_path,
+                                                                          monkeypatch):
+    image, text = frozen_towers
+    threads, text_arrays = collections.defaultdict(set), feature_cache._text_arrays
+    image_arrays = feature_cache._image_arrays
+
+    def in_thread(kind, compute):
+        def run(*args, **kwargs):
+            threads[kind].add(threading.current_thread().name)
+            return compute(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(feature_cache, "_text_arrays", in_thread("text", text_arrays))
+    monkeypatch.setattr(feature_cache, "_image_arrays", in_thread("image", image_arrays))
+    loaded, reports = {}, {}
+    for concurrent in (False, True):
+        (tmp_path / str(concurrent)).mkdir()
+        files = shards(tmp_path / str(concurrent), records, [24, 16])
+        cache = feature_cache.FeatureCache(image, text, concurrent_towers=concurrent)
+        reports[concurrent] = cache.extract(files, batch_size=8, progress=False)
+        loaded[concurrent] = cache.load(files)
+    assert threads == {"image": {"MainThread"}, "text": {"MainThread", "text tower features"}}
+    assert (reports[False].concurrent_towers, reports[True].concurrent_towers) == (False, True)
+    for report in reports.values():
+        assert report.computed == 4 and report.computed_rows == reports[False].computed_rows
+        assert report.length_buckets == reports[False].length_buckets
+    for name in ("image_features", "text_features", "image_ids", "caption_counts"):
+        np.testing.assert_array_equal(getattr(loaded[True], name), getattr(loaded[False], name))
+
+    def broken(*args, **kwargs):
+        raise ValueError("the text tower failed")
+
+    monkeypatch.setattr(feature_cache, "_text_arrays", broken)
+    (tmp_path / "broken").mkdir()
+    files = shards(tmp_path / "broken", records, [24, 16])
+    with pytest.raises(ValueError, match="the text tower failed"):  # raised here, not lost in the thread
+        feature_cache.FeatureCache(image, text).extract(files, progress=False)
 
 
 def test_a_new_tower_or_preprocessing_gets_a_new_folder(records):

@@ -29,7 +29,10 @@ batch run at its longest caption's length. Where the tower pools through the pad
 gives the full length's features (checked once per extraction; otherwise all captions run at the
 full length), so keys are unchanged; a 13-token COCO caption then costs about 13/64 of the work of
 MiniLM at 64 tokens. Images skip a resize to the size they already have, and the image tower runs as a
-graph with its weights as constants (batch norms folded into the convs).
+graph with its weights as constants (batch norms folded into the convs). The captions are computed
+in a second thread while the images are (`concurrent_towers`): each tower leaves cores idle between
+and inside its ops (depthwise convs, the tf.data decode hand-off), which the other fills; the
+features are bit-identical to one tower after the other.
 
 Pairs come from `pair_dataset`, with the semantics of `pipeline.pair_dataset`: up to K captions
 per image sampled without replacement each epoch, hashed image ids for the same-image mask,
@@ -54,6 +57,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import zipfile
 from typing import Optional, Sequence, Union
@@ -119,13 +123,16 @@ class CacheReport:
     seconds: float = 0.0
     stored: bool = True  # False: a folder was not writable, features were kept in memory only
     computed_rows: dict = dataclasses.field(default_factory=lambda: {kind: 0 for kind in KINDS})  # images, captions
+    # wall seconds per tower; with concurrent towers the image and text seconds overlap (`seconds` is the whole call)
     compute_seconds: dict = dataclasses.field(default_factory=lambda: {kind: 0.0 for kind in KINDS})
+    concurrent_towers: bool = False  # the captions were computed while the images were
     length_buckets: dict = dataclasses.field(default_factory=dict)  # tokens a batch ran at -> captions computed
 
     def as_dict(self) -> dict:
         return {"used": True, "folders": self.folders, "stored": self.stored, "files_computed": self.computed,
                 "files_reused": self.reused, "rebuilt": self.rebuilt, "extraction_seconds": self.seconds,
                 "computed_rows": self.computed_rows, "compute_seconds": self.compute_seconds,
+                "concurrent_towers": self.concurrent_towers,
                 "text_length_buckets": {str(length): n for length, n in sorted(self.length_buckets.items())}}
 
 
@@ -272,6 +279,47 @@ def _text_arrays(text: TextFeatures, items: list, batch_size: int, bar, counts: 
 # --- all shards ---------------------------------------------------------------------------------
 
 
+class _SharedBar:
+    """One progress bar updated by both towers' threads, naming what each is on."""
+
+    def __init__(self, bar, lock: threading.Lock):
+        self.bar, self.lock, self.current = bar, lock, {}
+
+    def update(self, n: int) -> None:
+        with self.lock:
+            self.bar.update(n)
+
+    def doing(self, kind: str, shard: str) -> None:
+        with self.lock:
+            self.current["text" if kind == "text" else "image"] = f"{kind} {shard}"
+            self.bar.set_postfix_str(", ".join(self.current[k] for k in sorted(self.current)))
+
+
+def _run_beside(background, foreground) -> None:
+    """`background(stop)` in a second thread while `foreground(failed)` runs here; the first error
+    of either is raised once both are done. An interruption here (Ctrl-C) sets `stop`, which the
+    background checks between files, and is raised at once (the thread is a daemon)."""
+    stop, failed, errors = threading.Event(), threading.Event(), []
+
+    def run() -> None:
+        try:
+            background(stop)
+        except BaseException as error:  # noqa: BLE001  (raised again in the calling thread)
+            errors.append(error)
+            failed.set()
+
+    thread = threading.Thread(target=run, name="text tower features", daemon=True)
+    thread.start()
+    try:
+        foreground(failed)
+    except BaseException:
+        stop.set()
+        raise
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
 class FeatureCache:
     """The feature cache of one image tower and one text tower (frozen) over any shards.
 
@@ -279,13 +327,15 @@ class FeatureCache:
     what is missing or broken; `load(files)` returns them. Keys are computed once here (hashing
     random weights takes a second for BERT base). Captions run by length bucket where that is
     exact (`TextFeatures`; `length_buckets=False`: all at the full length); keys and features
-    are the same either way.
+    are the same either way. `concurrent_towers`: the text tower runs in a second thread beside
+    the image tower (same features; False: one after the other).
     """
 
     def __init__(self, image_tower: ImageTower, text_tower: TextTower, length_buckets: bool = True,
-                 augmentation: Optional[ViewAugmentation] = None):
+                 augmentation: Optional[ViewAugmentation] = None, concurrent_towers: bool = True):
         self.towers = {"image": image_tower, "text": text_tower}
         self.length_buckets = length_buckets
+        self.concurrent_towers = concurrent_towers
         self.augmentation = augmentation if augmentation is not None and augmentation.views > 0 else None
         self.identities = {kind: tower_identity(t) for kind, t in self.towers.items()}
         self.folders = {kind: folder_name(t, self.identities[kind]) for kind, t in self.towers.items()}
@@ -336,24 +386,41 @@ class FeatureCache:
         for kind in {k for _, k in todo} - set(self._forwards):
             self._forwards[kind] = (TextFeatures(self.towers[kind], self.length_buckets) if kind == "text"
                                     else self._forwards.get("image") or _forward(self.towers["image"]))
-        with tqdm(total=total, unit="item", desc="caching tower features", disable=not progress) as bar:
-            for shard, kind in todo:
-                tower = self.towers.get(kind, self.towers["image"])
-                bar.set_postfix_str(f"{kind} {os.path.basename(shard)}")
-                computing = time.perf_counter()
-                if kind == "image":
-                    arrays = _image_arrays(tower, self._forwards[kind], shard, items[shard], batch_size, bar)
-                elif kind == "views":
-                    arrays = _view_arrays(tower, self._forwards[kind], self.augmentation, shard, items[shard], batch_size,
-                                          bar)
-                else:
-                    arrays = _text_arrays(self._forwards[kind], items[shard], batch_size, bar, report.length_buckets)
+        lock = threading.Lock()  # the report, the bar and _checked are shared by the two towers' threads
+
+        def compute(shard: str, kind: str, bar: "_SharedBar") -> None:
+            tower = self.towers.get(kind, self.towers["image"])
+            bar.doing(kind, os.path.basename(shard))
+            computing = time.perf_counter()
+            if kind == "image":
+                arrays = _image_arrays(tower, self._forwards[kind], shard, items[shard], batch_size, bar)
+            elif kind == "views":
+                arrays = _view_arrays(tower, self._forwards[kind], self.augmentation, shard, items[shard], batch_size, bar)
+            else:
+                counts: dict = {}
+                arrays = _text_arrays(self._forwards[kind], items[shard], batch_size, bar, counts)
+            if report.stored:
+                save_shard(self.paths(shard, views=True)[kind], arrays, shard, fingerprints[shard])
+            with lock:
+                if kind == "text":
+                    for length, n in counts.items():
+                        report.length_buckets[length] = report.length_buckets.get(length, 0) + n
                 report.compute_seconds[kind] += time.perf_counter() - computing
                 report.computed_rows[kind] += sizes[kind](shard)
-                if report.stored:
-                    save_shard(self.paths(shard, views=True)[kind], arrays, shard, fingerprints[shard])
                 self._checked[shard, kind] = arrays
                 report.computed += 1
+
+        text_jobs = [job for job in todo if job[1] == "text"]
+        image_jobs = [job for job in todo if job[1] != "text"]
+        report.concurrent_towers = bool(self.concurrent_towers and text_jobs and image_jobs)
+        with tqdm(total=total, unit="item", desc="caching tower features", disable=not progress) as progress_bar:
+            bar = _SharedBar(progress_bar, lock)
+            if not report.concurrent_towers:
+                for shard, kind in todo:
+                    compute(shard, kind, bar)
+            else:
+                _run_beside(lambda stop: [compute(shard, kind, bar) for shard, kind in text_jobs if not stop.is_set()],
+                            lambda failed: [compute(shard, kind, bar) for shard, kind in image_jobs if not failed.is_set()])
         report.seconds = time.perf_counter() - started
         logger.info("feature cache: %d files computed, %d reused in %.1f s (%s)", report.computed, report.reused,
                     report.seconds, ", ".join(folders))
