@@ -16,7 +16,10 @@ would flatter whichever variant runs last), end to end through `FeatureCache.ext
   constants, so TensorFlow folds each batch norm into its conv), `caption_lengths` (captions
   sorted by length, each batch run at its longest caption's length), `concurrent_towers` (the
   captions computed in a second thread while the images are);
-- `after`: all four (what the code does now); `--variants after_bfc` adds the same with
+- `after`: all four (what the code does now); `after_exact`: all but the constant graph, whose
+  folded batch norms are the only change that moves a feature value (by ~1e-5);
+  `after_sequential`: all but the concurrent towers;
+  `--variants after_bfc` adds `after` with
   TensorFlow's pooling CPU allocator (TF_CPU_ALLOCATOR_USE_BFC=true), measured with no gain.
 
 Those rows run the towers' top features only, as extraction was when this was first measured.
@@ -70,6 +73,8 @@ VARIANTS = {  # name: (resize skip, constant graph, caption lengths, BFC allocat
     "caption_lengths": (False, False, True, False, False, False),
     "concurrent_towers": (False, False, False, False, False, True),
     "after": (True, True, True, False, False, True),
+    "after_exact": (True, False, True, False, False, True),
+    "after_sequential": (True, True, True, False, False, False),
     "after_bfc": (True, True, True, True, False, True),
     "lit_before": (False, False, False, False, True, False),
     "lit_full_length": (True, True, False, False, True, False),
@@ -293,12 +298,16 @@ def main(argv=None) -> int:
                 share = "share_of_peak" if peak_name == "flops" else "share_of_avx512_peak"
                 r[f"{kind}_{share}"] = None if peak[peak_name] is None else r[f"{kind}_flops_per_second"] / peak[peak_name]
         rows.append(name)
-    header = ("| variant | images/s (range) | captions/s (range) | image GFLOP/s (% of peak) | text GFLOP/s (% of peak) | "
+    shares = "% of AVX2 / AVX-512 peak" if peak["avx512_flops"] else "% of peak"
+    header = (f"| variant | images/s (range) | captions/s (range) | image GFLOP/s ({shares}) | text GFLOP/s ({shares}) | "
               "extraction seconds | end-to-end speedup | max feature change |")
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in rows:
         r = results[name]
-        share = lambda kind: "" if r[f"{kind}_share_of_peak"] is None else f" ({100 * r[f'{kind}_share_of_peak']:.0f} %)"  # noqa: E731
+        def share(kind):
+            known = [r[f"{kind}_{key}"] for key in ("share_of_peak", "share_of_avx512_peak") if r[f"{kind}_{key}"] is not None]
+            return f" ({' / '.join(f'{100 * x:.0f}' for x in known)} %)" if known else ""
+
         change = max(r.get("max_abs_change", {"-": 0.0}).values())
         spread = lambda key, digits: "–".join(f"{f(x[key] for x in r['runs']):.{digits}f}" for f in (min, max))  # noqa: E731
         lines.append(f"| {name} | {r['images_per_second']:.1f} ({spread('images_per_second', 0)}) | "
@@ -315,7 +324,7 @@ def main(argv=None) -> int:
                f"({peak['cores']} cores x {peak['mhz']} MHz x {FLOP_PER_CYCLE} FLOP/cycle, AVX2 FMA)"
                + ("" if not peak["avx512"] or peak["avx512_flops"] is None else
                   f"; this CPU has AVX-512 too, which oneDNN uses: against its {peak['avx512_flops'] / 1e9:.0f} GFLOP/s "
-                  f"({AVX512_FLOP_PER_CYCLE} FLOP/cycle) the shares halve")
+                  f"({AVX512_FLOP_PER_CYCLE} FLOP/cycle) the shares halve (second figure)")
                + f"; median of {args.repeats} runs per variant")  # fmt: skip
     output = {"benchmark": "extraction_throughput", "command": ["benchmarks/extraction_throughput.py",
                                                                 *(argv if argv is not None else sys.argv[1:])],

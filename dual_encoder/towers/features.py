@@ -46,7 +46,7 @@ class TextFeatures:
     takes every length. Features come back in the captions' order. The cut is used only where it
     is exact: statically (`pools_with_padding_mask`) and checked on the first cut batch against
     the full length; otherwise (or with `buckets=False`) every caption runs at the full length.
-    Measured on Flickr8k's captions (median 14 tokens) with all-MiniLM-L6-v2: 1.3x the captions/s
+    Measured on Flickr8k's captions (median 14 tokens) with all-MiniLM-L6-v2: 1.2-1.3x the captions/s
     of the 16 / 32 / 64-token buckets this replaced (benchmarks/extraction_throughput.py).
     """
 

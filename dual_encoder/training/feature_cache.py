@@ -222,8 +222,8 @@ def load_shard(path: str, shard: str, fingerprint: Optional[str] = None) -> dict
 def _forward(tower: ImageTower):
     """The frozen image tower as one graph, traced once for all shards: images (0..255 at the
     tower's size) -> float32 features, in inference mode, with the weights as constants (batch
-    norms folded into the convs: 1.33x the images/s of EfficientNet-Lite0 on 2 cores, features
-    within 1.2e-5 of the layer-by-layer ones, benchmarks/extraction_throughput.py)."""
+    norms folded into the convs: 1.1-1.3x the images/s of EfficientNet-Lite0 on 2 cores over
+    several runs, features within 1.2e-5 of the layer-by-layer ones, benchmarks/extraction_throughput.py)."""
 
     def features(images):
         return tf.cast(tower.model(images, training=False), tf.float32)
