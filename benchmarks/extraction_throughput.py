@@ -50,6 +50,7 @@ import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, b
 
 # isort: split
 import argparse
+import collections
 import csv
 import datetime
 import json
@@ -66,27 +67,29 @@ import numpy as np
 from dual_encoder import files
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name: (resize skip, constant graph, caption lengths, BFC allocator, lit's mid-level features, concurrent towers)
-    "before": (False, False, False, False, False, False),
-    "resize_skip": (True, False, False, False, False, False),
-    "constant_graph": (False, True, False, False, False, False),
-    "caption_lengths": (False, False, True, False, False, False),
-    "concurrent_towers": (False, False, False, False, False, True),
-    "after": (True, True, True, False, False, True),
-    "after_exact": (True, False, True, False, False, True),
-    "after_sequential": (True, True, True, False, False, False),
-    "after_bfc": (True, True, True, True, False, True),
-    "lit_before": (False, False, False, False, True, False),
-    "lit_full_length": (True, True, False, False, True, False),
-    "lit": (True, True, True, False, True, True),
-}
 SWITCHES = ("resize_skip", "constant_graph", "caption_lengths", "bfc_allocator", "mid_level", "concurrent_towers")
+Variant = collections.namedtuple("Variant", SWITCHES, defaults=(False,) * len(SWITCHES))
+ALL_FOUR = dict(resize_skip=True, constant_graph=True, caption_lengths=True, concurrent_towers=True)
+VARIANTS = {
+    "before": Variant(),
+    "resize_skip": Variant(resize_skip=True),
+    "constant_graph": Variant(constant_graph=True),
+    "caption_lengths": Variant(caption_lengths=True),
+    "concurrent_towers": Variant(concurrent_towers=True),
+    "after": Variant(**ALL_FOUR),
+    "after_exact": Variant(**{**ALL_FOUR, "constant_graph": False}),
+    "after_sequential": Variant(**{**ALL_FOUR, "concurrent_towers": False}),
+    "after_bfc": Variant(**ALL_FOUR, bfc_allocator=True),
+    "lit_before": Variant(mid_level=True),
+    "lit_full_length": Variant(resize_skip=True, constant_graph=True, mid_level=True),
+    "lit": Variant(**ALL_FOUR, mid_level=True),
+}
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "after_bfc"]  # BFC: measured, no gain (README)
 
 
 def reference(name: str) -> str:
     """The row a variant is compared with: the first of its group (top features only, or lit's)."""
-    return "lit_before" if VARIANTS[name][4] else "before"
+    return "lit_before" if VARIANTS[name].mid_level else "before"
 FLOP_PER_CYCLE = 32  # float32 FMA: 2 units x 8 lanes (AVX2) x 2 FLOP
 AVX512_FLOP_PER_CYCLE = 64  # the same two units 16 lanes wide, where the CPU has AVX-512 (oneDNN then uses it)
 
@@ -147,11 +150,10 @@ def _as_before(resize_skip: bool, constant_graph: bool, caption_lengths: bool) -
     if not caption_lengths:  # each caption at the smallest of 16, 32, 64, ... tokens that holds it
         from dual_encoder.towers.layers import TokenPooling
 
+        takes_padding = features.pools_with_padding_mask
+
         def one_pooling(tower):  # the padding check as it was: a tower with one pooling layer only
-            inputs = tower.model.input if isinstance(tower.model.input, dict) else {}
-            pooling = [layer for layer in tower.model.layers if isinstance(layer, TokenPooling)]
-            return ("padding_mask" in inputs and all(len(x.shape) == 2 and x.shape[1] is None for x in inputs.values())
-                    and len(pooling) == 1 and pooling[0].mode in ("cls", "mean", "max", "last"))
+            return takes_padding(tower) and sum(isinstance(layer, TokenPooling) for layer in tower.model.layers) == 1
 
         features.pools_with_padding_mask = one_pooling
 
@@ -192,8 +194,8 @@ def _flops(tower_call, signature) -> float:
 
 def worker(args) -> int:
     """One variant in this process: extract the shard's features, write them and the timings."""
-    resize_skip, constant_graph, caption_lengths, _, mid_level, concurrent_towers = VARIANTS[args.worker]
-    _as_before(resize_skip, constant_graph, caption_lengths)
+    variant = VARIANTS[args.worker]
+    _as_before(variant.resize_skip, variant.constant_graph, variant.caption_lengths)
     import tensorflow as tf
 
     from dual_encoder import config as run_config
@@ -207,11 +209,11 @@ def worker(args) -> int:
     config = run_config.get_preset("lit")
     config.model.image_encoder = str(args.shared / "weights" / "efficientnet_lite0_keras")
     config.model.text_encoder = str(args.shared / "weights" / "all-minilm-l6-v2")
-    if not mid_level:
+    if not variant.mid_level:
         config.model.image_feature_stages = config.model.text_feature_layers = 0
     captions = [c for _, caps in pipeline.image_caption_lists([str(local)]) for c in caps]
     image, text, _ = build_towers(config, captions[:2000])
-    cache = feature_cache.FeatureCache(image, text, concurrent_towers=concurrent_towers)
+    cache = feature_cache.FeatureCache(image, text, concurrent_towers=variant.concurrent_towers)
     report = cache.extract([str(local)], progress=False)
     loaded = cache.load([str(local)])
     np.savez(Path(args.scratch) / "features.npz", image=loaded.image_features, text=loaded.text_features)
@@ -264,7 +266,7 @@ def main(argv=None) -> int:
                 scratch = Path(work) / f"{name}-{repeat}"
                 scratch.mkdir()
                 env = dict(os.environ)
-                if VARIANTS[name][3]:
+                if VARIANTS[name].bfc_allocator:
                     env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
                 print(f"[{name}, run {repeat + 1} of {args.repeats}] extracting in a fresh process ...", flush=True)
                 command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--shards", str(shards),
@@ -294,8 +296,7 @@ def main(argv=None) -> int:
         for kind, per, flops in (("image", "images_per_second", "flops_per_image"), ("text", "captions_per_second",
                                                                                      "flops_per_caption")):
             r[f"{kind}_flops_per_second"] = r[per] * r[flops]
-            for peak_name in ("flops", "avx512_flops"):
-                share = "share_of_peak" if peak_name == "flops" else "share_of_avx512_peak"
+            for share, peak_name in (("share_of_peak", "flops"), ("share_of_avx512_peak", "avx512_flops")):
                 r[f"{kind}_{share}"] = None if peak[peak_name] is None else r[f"{kind}_flops_per_second"] / peak[peak_name]
         rows.append(name)
     shares = "% of AVX2 / AVX-512 peak" if peak["avx512_flops"] else "% of peak"
@@ -322,7 +323,7 @@ def main(argv=None) -> int:
                f"{any_run['flops_per_image'] / 1e9:.3f} GFLOP/image, all-MiniLM-L6-v2 {any_run['flops_per_caption'] / 1e9:.3f} "
                f"GFLOP/caption as run; peak {peak_text} "
                f"({peak['cores']} cores x {peak['mhz']} MHz x {FLOP_PER_CYCLE} FLOP/cycle, AVX2 FMA)"
-               + ("" if not peak["avx512"] or peak["avx512_flops"] is None else
+               + ("" if peak["avx512_flops"] is None else
                   f"; this CPU has AVX-512 too, which oneDNN uses: against its {peak['avx512_flops'] / 1e9:.0f} GFLOP/s "
                   f"({AVX512_FLOP_PER_CYCLE} FLOP/cycle) the shares halve (second figure)")
                + f"; median of {args.repeats} runs per variant")  # fmt: skip
@@ -331,7 +332,7 @@ def main(argv=None) -> int:
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
               "peak": peak, "photos": args.photos, "repeats": args.repeats,
-              "variants": {k: dict(zip(SWITCHES, v)) for k, v in VARIANTS.items() if k in results},
+              "variants": {k: v._asdict() for k, v in VARIANTS.items() if k in results},
               "results": results, "table": table, "summary": summary,
               "total_seconds": time.perf_counter() - started}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -388,7 +388,7 @@ class FeatureCache:
                                     else self._forwards.get("image") or _forward(self.towers["image"]))
         lock = threading.Lock()  # the report, the bar and _checked are shared by the two towers' threads
 
-        def compute(shard: str, kind: str, bar: "_SharedBar") -> None:
+        def compute(shard: str, kind: str, bar: _SharedBar) -> None:
             tower = self.towers.get(kind, self.towers["image"])
             bar.doing(kind, os.path.basename(shard))
             computing = time.perf_counter()
@@ -411,17 +411,21 @@ class FeatureCache:
                 self._checked[shard, kind] = arrays
                 report.computed += 1
 
+        def compute_all(jobs: list, halt: threading.Event) -> None:
+            for shard, kind in jobs:
+                if halt.is_set():
+                    return
+                compute(shard, kind, bar)
+
         text_jobs = [job for job in todo if job[1] == "text"]
         image_jobs = [job for job in todo if job[1] != "text"]
         report.concurrent_towers = bool(self.concurrent_towers and text_jobs and image_jobs)
         with tqdm(total=total, unit="item", desc="caching tower features", disable=not progress) as progress_bar:
             bar = _SharedBar(progress_bar, lock)
-            if not report.concurrent_towers:
-                for shard, kind in todo:
-                    compute(shard, kind, bar)
+            if report.concurrent_towers:
+                _run_beside(lambda stop: compute_all(text_jobs, stop), lambda failed: compute_all(image_jobs, failed))
             else:
-                _run_beside(lambda stop: [compute(shard, kind, bar) for shard, kind in text_jobs if not stop.is_set()],
-                            lambda failed: [compute(shard, kind, bar) for shard, kind in image_jobs if not failed.is_set()])
+                compute_all(todo, threading.Event())
         report.seconds = time.perf_counter() - started
         logger.info("feature cache: %d files computed, %d reused in %.1f s (%s)", report.computed, report.reused,
                     report.seconds, ", ".join(folders))
