@@ -16,18 +16,20 @@ would flatter whichever variant runs last), end to end through `FeatureCache.ext
   constants, so TensorFlow folds each batch norm into its conv), `caption_lengths` (captions
   sorted by length, each batch run at its longest caption's length), `concurrent_towers` (the
   captions computed in a second thread while the images are);
-- `after`: all four (what the code does now); `after_exact`: all but the constant graph, whose
-  folded batch norms are the only change that moves a feature value (by ~1e-5);
-  `after_sequential`: all but the concurrent towers;
-  `--variants after_bfc` adds `after` with
-  TensorFlow's pooling CPU allocator (TF_CPU_ALLOCATOR_USE_BFC=true), measured with no gain.
+- `folded_depthwise` on top of the constant graph: every batch norm folded into its conv by
+  `towers/frozen_graph.py`, depthwise ones included (grappler folds regular convs only);
+- `after`: all five (what the code does now); `after_four`: all but the folded depthwise convs
+  (what it did before them); `after_exact`: all but the constant graph, whose folded batch
+  norms are the only change that moves a feature value (by ~1e-5); `after_sequential`: all but
+  the concurrent towers; `--variants after_bfc` adds `after` with TensorFlow's pooling CPU
+  allocator (TF_CPU_ALLOCATOR_USE_BFC=true), measured with no gain.
 
 Those rows run the towers' top features only, as extraction was when this was first measured.
 `lit` also caches mid-level features (EfficientNet's 4 stage outputs, MiniLM's 5th block), and
-three more rows run its towers: `lit_before` (all four changes off), `lit_full_length` (the
+more rows run its towers: `lit_before` (all changes off), `lit_full_length` (the
 image changes on, but every caption at the full 32 tokens and the towers one after the other:
 the padding check accepted one pooling layer only, so that is how `lit` ran until the check
-took its two) and `lit` (now).
+took its two), `lit_four` (all but the folded depthwise convs) and `lit` (now).
 Each group's speedups and feature changes are against its own first row.
 
 This machine's speed drifts from minute to minute (a shared host: the same process measured
@@ -40,8 +42,10 @@ beside it; the end-to-end speedup is the ratio of extraction seconds.
 Prints images/s and captions/s, the towers' FLOPs per item (TensorFlow's profiler on the
 graphs that run), the FLOP/s achieved and their share of this CPU's peak (cores x clock x 32
 FLOP/cycle: two AVX2 FMA units of 8 float32 lanes each; where the CPU has AVX-512, which oneDNN
-then uses, the JSON also gives the share of the 64 FLOP/cycle peak), the speedups over `before`,
-and the largest change of any feature value against `before`.
+then uses, the JSON also gives the share of the 64 FLOP/cycle peak of cores with 512-bit units,
+as AMD Zen 5; Zen 4 runs AVX-512 on 256-bit units, and the nominal clock is not the boost clock:
+benchmarks/extraction_ceiling.py measures the real peak with a float32 matmul), the speedups
+over `before`, and the largest change of any feature value against `before`.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -67,22 +72,26 @@ import numpy as np
 from dual_encoder import files
 
 ROOT = Path(__file__).resolve().parents[1]
-SWITCHES = ("resize_skip", "constant_graph", "caption_lengths", "bfc_allocator", "mid_level", "concurrent_towers")
+SWITCHES = ("resize_skip", "constant_graph", "caption_lengths", "bfc_allocator", "mid_level", "concurrent_towers",
+            "folded_depthwise")
 Variant = collections.namedtuple("Variant", SWITCHES, defaults=(False,) * len(SWITCHES))
 ALL_FOUR = dict(resize_skip=True, constant_graph=True, caption_lengths=True, concurrent_towers=True)
+ALL_FIVE = dict(ALL_FOUR, folded_depthwise=True)
 VARIANTS = {
     "before": Variant(),
     "resize_skip": Variant(resize_skip=True),
     "constant_graph": Variant(constant_graph=True),
     "caption_lengths": Variant(caption_lengths=True),
     "concurrent_towers": Variant(concurrent_towers=True),
-    "after": Variant(**ALL_FOUR),
+    "after_four": Variant(**ALL_FOUR),
+    "after": Variant(**ALL_FIVE),
     "after_exact": Variant(**{**ALL_FOUR, "constant_graph": False}),
-    "after_sequential": Variant(**{**ALL_FOUR, "concurrent_towers": False}),
-    "after_bfc": Variant(**ALL_FOUR, bfc_allocator=True),
+    "after_sequential": Variant(**{**ALL_FIVE, "concurrent_towers": False}),
+    "after_bfc": Variant(**ALL_FIVE, bfc_allocator=True),
     "lit_before": Variant(mid_level=True),
     "lit_full_length": Variant(resize_skip=True, constant_graph=True, mid_level=True),
-    "lit": Variant(**ALL_FOUR, mid_level=True),
+    "lit_four": Variant(**ALL_FOUR, mid_level=True),
+    "lit": Variant(**ALL_FIVE, mid_level=True),
 }
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "after_bfc"]  # BFC: measured, no gain (README)
 
@@ -98,18 +107,21 @@ def peak_flops() -> dict:
     """cores x clock x FLOP_PER_CYCLE (the AVX2 peak the shares are against), the clock read from
     /proc/cpuinfo; with `avx512f` among its flags, also the AVX-512 peak (twice that, if both FMA
     units are 512 bits wide, as on AMD Zen 5 and Intel server cores)."""
-    mhz, flags = None, set()
+    mhz, flags, cpu = None, set(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz") and mhz is None:
-                mhz = float(line.split(":")[1])
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":")[1].split())
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "cpu MHz" and mhz is None:
+                mhz = float(value)
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+            elif key in ("model name", "cpu family", "model"):  # AMD family 25 is Zen 3/4, 26 is Zen 5
+                cpu.setdefault(key, value)
     except OSError:
         pass
     cores = os.cpu_count() or 1
     peak = lambda per_cycle: None if mhz is None else cores * mhz * 1e6 * per_cycle  # noqa: E731
-    return {"cores": cores, "mhz": mhz, "flop_per_cycle": FLOP_PER_CYCLE, "flops": peak(FLOP_PER_CYCLE),
+    return {"cores": cores, "mhz": mhz, "cpu": cpu, "flop_per_cycle": FLOP_PER_CYCLE, "flops": peak(FLOP_PER_CYCLE),
             "avx512": "avx512f" in flags, "avx512_flops": peak(AVX512_FLOP_PER_CYCLE) if "avx512f" in flags else None}
 
 
@@ -133,21 +145,27 @@ def write_shard(shared: Path, photos: int, work: Path) -> Path:
     return out
 
 
-def _as_before(resize_skip: bool, constant_graph: bool, caption_lengths: bool) -> None:
+def _as_before(variant: Variant) -> None:
     """Puts back the extraction as it was, one part at a time (this process only)."""
     import tensorflow as tf
 
+    from dual_encoder import _compat
     from dual_encoder.data import pipeline
     from dual_encoder.towers import features
     from dual_encoder.training import feature_cache
 
-    if not resize_skip:
+    if not variant.resize_skip:
         pipeline._resize_unless_there = lambda image, size: tf.image.resize(image, size, antialias=True)
-    if not constant_graph:
-        plain = type("Plain", (), {"constant_graph": staticmethod(lambda f, signature: tf.function(
-            f, input_signature=signature))})  # fmt: skip
-        feature_cache._compat = plain
-    if not caption_lengths:  # each caption at the smallest of 16, 32, 64, ... tokens that holds it
+    if not variant.constant_graph:  # the tower as a tf.function over its variables
+        feature_cache.frozen_graph = types.SimpleNamespace(inference_function=lambda f, signature: tf.function(
+            f, input_signature=signature))  # fmt: skip
+    elif not variant.folded_depthwise:  # weights as constants, left to grappler (it folds regular convs only)
+        def unfolded(f, signature):
+            frozen = _compat.constant_function(f, signature)
+            return lambda *inputs: frozen(*tf.nest.flatten(inputs))[0]
+
+        feature_cache.frozen_graph = types.SimpleNamespace(inference_function=unfolded)
+    if not variant.caption_lengths:  # each caption at the smallest of 16, 32, 64, ... tokens that holds it
         from dual_encoder.towers.layers import TokenPooling
 
         takes_padding = features.pools_with_padding_mask
@@ -195,7 +213,7 @@ def _flops(tower_call, signature) -> float:
 def worker(args) -> int:
     """One variant in this process: extract the shard's features, write them and the timings."""
     variant = VARIANTS[args.worker]
-    _as_before(variant.resize_skip, variant.constant_graph, variant.caption_lengths)
+    _as_before(variant)
     import tensorflow as tf
 
     from dual_encoder import config as run_config

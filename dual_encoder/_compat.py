@@ -28,7 +28,7 @@ PRIVATE_APIS = {
     "keras_hub.layers.TransformerEncoder._feedforward_intermediate_dense":
         "the exact (erf) GELU of Hugging Face BERT checkpoints instead of keras-hub's tanh GELU",
     "tensorflow.python.framework.convert_to_constants.convert_variables_to_constants_v2":
-        "a frozen tower's inference graph with its weights as constants, which grappler folds (batch norms into convs)",
+        "a frozen tower's inference graph with its weights as constants (batch norms folded into convs)",
     "keras.layers.Layer._flatten_layers":
         "set trainable on every sublayer (the TF backend skips sublayers when the flag already matches)",
     "keras.src.backend.tensorflow.trainer.TensorFlowTrainer._maybe_symbolic_build":
@@ -105,18 +105,11 @@ class BuildsOptimizerInScope:
 # --- inference graphs with the weights as constants ----------------------------------------------
 
 
-def constant_graph(function, input_signature):
-    """`function` traced once for `input_signature`, its variables turned into constants, as a
-    callable taking the same (nested) inputs and returning the first output. TensorFlow's graph
-    optimiser can then fold constant arithmetic into the kernels (a batch norm's scale into the
-    conv before it), which it cannot do while the weights are variables."""
+def constant_function(function, input_signature):
+    """`function` traced once for `input_signature` as a ConcreteFunction with its variables
+    turned into constants (its `graph` holds them as Const nodes, for `towers.frozen_graph` to
+    rewrite and for TensorFlow's graph optimiser to fold into the kernels)."""
     import tensorflow as tf
 
     convert = _private("tensorflow.python.framework.convert_to_constants", "convert_variables_to_constants_v2")
-    frozen = convert(tf.function(function, input_signature=input_signature).get_concrete_function())
-
-    def call(*inputs):
-        outputs = frozen(*tf.nest.flatten(inputs))
-        return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-
-    return call
+    return convert(tf.function(function, input_signature=input_signature).get_concrete_function())

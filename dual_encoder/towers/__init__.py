@@ -3,7 +3,8 @@
 `layers` (the Keras layers inside every tower), `loading` (local folders, offline downloads,
 identities), `image` and `text` (the towers by name), `clip` (both towers of a CLIP / SigLIP
 checkpoint, for `--init`), `features` (a frozen text tower's
-features by length bucket), `freezing` (what trains) and `registry` (a tower from its spec).
+features by length bucket), `frozen_graph` (a frozen tower as a constant graph with its batch
+norms folded into the convs), `freezing` (what trains) and `registry` (a tower from its spec).
 The names below are the stage's public API.
 """
 

@@ -67,10 +67,11 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from dual_encoder import _compat, files
+from dual_encoder import files
 from dual_encoder.data import caption_keys, pipeline, schema
 from dual_encoder.data.augment import ViewAugmentation
 from dual_encoder.errors import DualEncoderError, InvalidArgumentError, PathNotFoundError
+from dual_encoder.towers import frozen_graph
 from dual_encoder.towers.features import TextFeatures
 from dual_encoder.towers.image import ImageTower
 from dual_encoder.towers.text import TextTower
@@ -221,14 +222,14 @@ def load_shard(path: str, shard: str, fingerprint: Optional[str] = None) -> dict
 
 def _forward(tower: ImageTower):
     """The frozen image tower as one graph, traced once for all shards: images (0..255 at the
-    tower's size) -> float32 features, in inference mode, with the weights as constants (batch
-    norms folded into the convs: 1.1-1.3x the images/s of EfficientNet-Lite0 on 2 cores over
-    several runs, features within 1.2e-5 of the layer-by-layer ones, benchmarks/extraction_throughput.py)."""
+    tower's size) -> float32 features, in inference mode, with the weights as constants and every
+    batch norm folded into its conv, depthwise ones included (towers/frozen_graph.py; measured
+    in benchmarks/extraction_throughput.py)."""
 
     def features(images):
         return tf.cast(tower.model(images, training=False), tf.float32)
 
-    return _compat.constant_graph(features, [tf.TensorSpec([None, *tower.image_size, 3], tf.float32)])
+    return frozen_graph.inference_function(features, [tf.TensorSpec([None, *tower.image_size, 3], tf.float32)])
 
 
 def _image_arrays(tower: ImageTower, forward, shard: str, items: list, batch_size: int, bar) -> dict:
