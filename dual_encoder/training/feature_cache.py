@@ -29,10 +29,12 @@ batch run at its longest caption's length. Where the tower pools through the pad
 gives the full length's features (checked once per extraction; otherwise all captions run at the
 full length), so keys are unchanged; a 13-token COCO caption then costs about 13/64 of the work of
 MiniLM at 64 tokens. Images skip a resize to the size they already have, and the image tower runs as a
-graph with its weights as constants (batch norms folded into the convs). The captions are computed
-in a second thread while the images are (`concurrent_towers`): 12.4-13.6 s against 13.9-19.8 s one
-tower after the other for 1,000 Flickr8k photos and their captions on 2 cores, five runs each
-(benchmarks/results/extraction_concurrency.json), with bit-identical features.
+graph with its weights as constants and every batch norm folded into its conv, depthwise ones
+included (towers/frozen_graph.py). The captions are computed in a second thread while the images
+are (`concurrent_towers`): on an AMD Zen 5 host 12.4-13.6 s against 13.9-19.8 s one tower after
+the other for 1,000 Flickr8k photos and their captions on 2 cores, five runs each
+(benchmarks/results/extraction_concurrency.json), with bit-identical features; on a Zen 4 host
+the two orders tie (benchmarks/results/extraction_throughput_folded.json).
 
 Pairs come from `pair_dataset`, with the semantics of `pipeline.pair_dataset`: up to K captions
 per image sampled without replacement each epoch, hashed image ids for the same-image mask,
@@ -344,7 +346,7 @@ class FeatureCache:
             self.identities["views"] = {**self.identities["image"], "augmentation": self.augmentation.spec()}
             self.folders["views"] = folder_name(image_tower, self.identities["views"], kind="views")
         self._checked: dict = {}  # (shard, kind) -> arrays validated by extract(), handed to load()
-        self._forwards: dict = {}  # kind -> traced tower, built on first use
+        self._forwards: dict = {}  # "image" / "text" -> traced tower, built on first use
 
     def paths(self, shard: str, views: bool = False) -> dict:
         """The cache files of a shard: image and text, and its views where `views` (and an augmentation)."""
@@ -384,9 +386,6 @@ class FeatureCache:
         sizes = {"image": lambda s: len(items[s]), "text": lambda s: sum(len(c) for _, c in items[s]),
                  "views": lambda s: len(items[s]) * self.augmentation.views}
         total = sum(sizes[kind](s) for s, kind in todo)
-        for kind in {k for _, k in todo} - set(self._forwards):
-            self._forwards[kind] = (TextFeatures(self.towers[kind], self.length_buckets) if kind == "text"
-                                    else self._forwards.get("image") or _forward(self.towers["image"]))
         lock = threading.Lock()  # the report, the bar and _checked are shared by the two towers' threads
 
         def compute(shard: str, kind: str, bar: _SharedBar) -> None:
@@ -394,12 +393,12 @@ class FeatureCache:
             bar.doing(kind, os.path.basename(shard))
             computing = time.perf_counter()
             if kind == "image":
-                arrays = _image_arrays(tower, self._forwards[kind], shard, items[shard], batch_size, bar)
+                arrays = _image_arrays(tower, self._forward("image"), shard, items[shard], batch_size, bar)
             elif kind == "views":
-                arrays = _view_arrays(tower, self._forwards[kind], self.augmentation, shard, items[shard], batch_size, bar)
+                arrays = _view_arrays(tower, self._forward("image"), self.augmentation, shard, items[shard], batch_size, bar)
             else:
                 counts: dict = {}
-                arrays = _text_arrays(self._forwards[kind], items[shard], batch_size, bar, counts)
+                arrays = _text_arrays(self._forward("text"), items[shard], batch_size, bar, counts)
             seconds = time.perf_counter() - computing
             if report.stored:
                 save_shard(self.paths(shard, views=True)[kind], arrays, shard, fingerprints[shard])
@@ -431,6 +430,14 @@ class FeatureCache:
         logger.info("feature cache: %d files computed, %d reused in %.1f s (%s)", report.computed, report.reused,
                     report.seconds, ", ".join(folders))
         return report
+
+    def _forward(self, tower: str):
+        """The traced image or text tower, built in the thread that first needs it: freezing and
+        folding the image tower (2 s for EfficientNet-Lite0) then runs while the captions are computed."""
+        if tower not in self._forwards:  # each tower is only ever built by one thread
+            self._forwards[tower] = (TextFeatures(self.towers["text"], self.length_buckets) if tower == "text"
+                                     else _forward(self.towers["image"]))
+        return self._forwards[tower]
 
     def load(self, files: Sequence[str], views: bool = False) -> CachedFeatures:
         """The features of `files` (extracted before), concatenated in shard order; with `views`
