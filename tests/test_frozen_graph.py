@@ -87,3 +87,22 @@ def test_efficientnet_lite0_folds_every_batch_norm_with_the_same_features():
     expected = tower.model(x, training=False).numpy()
     got = frozen_graph.inference_function(lambda v: tower.model(v, training=False), [tf.TensorSpec([None, 224, 224, 3])])(x)
     assert np.abs(got.numpy() - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_only_values_made_of_constants_count_as_constant():
+    graph_def = tf.compat.v1.GraphDef()
+
+    def node(name, op, *inputs):
+        graph_def.node.add(name=name, op=op, input=list(inputs))
+
+    node("c", "Const")
+    node("square", "Mul", "c", "c")
+    node("noise", "RandomUniform", "c")
+    node("scaled_noise", "Mul", "c", "noise:0")
+    node("loop", "AddV2", "again", "c")  # a v1 loop: loop -> again -> loop
+    node("again", "Identity", "loop")
+    node("ordered", "Identity", "c", "^noise")
+    graph = frozen_graph._Graph(graph_def)
+    verdicts = {name: graph.is_constant(name) for name in ("c", "square:0", "noise", "scaled_noise", "loop", "again", "ordered")}
+    assert verdicts == {"c": True, "square:0": True, "noise": False, "scaled_noise": False, "loop": False, "again": False,
+                        "ordered": False}

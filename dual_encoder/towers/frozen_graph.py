@@ -21,6 +21,7 @@ from dual_encoder import _compat
 
 CONVOLUTIONS = ("Conv2D", "DepthwiseConv2dNative")
 ADDS = ("Add", "AddV2")
+VARYING = ("Placeholder", "VarHandleOp", "ReadVariableOp", "TruncatedNormal", "Multinomial")  # and every "*Random*" op
 
 
 def inference_function(function: Callable, input_signature: list) -> Callable:
@@ -58,22 +59,26 @@ class _Graph:
         return consumers[0] if len(consumers) == 1 and consumers[0].op in ops else None
 
     def is_constant(self, name: str) -> bool:
-        """Whether a tensor's value comes from Const nodes alone (found without recursion: graphs are deep)."""
-        pending = [_node_of(name)]
+        """Whether a tensor's value comes from Const nodes alone (found without recursion: graphs are
+        deep; a node that feeds itself, as in a v1 loop, is not constant)."""
+        pending, open_nodes = [_node_of(name)], set()
         while pending:
             node = self.nodes[pending[-1]]
             if node.name in self._constant:
                 pending.pop()
             elif node.op == "Const":
                 self._constant[pending.pop()] = True
-            elif node.op in ("Placeholder", "VarHandleOp", "ReadVariableOp") or not node.input or any(
-                    i.startswith("^") for i in node.input):
+            elif node.op in VARYING or "Random" in node.op or not node.input or any(i.startswith("^") for i in node.input):
                 self._constant[pending.pop()] = False
             else:
                 todo = [_node_of(i) for i in node.input if _node_of(i) not in self._constant]
-                if todo:
+                if open_nodes.intersection(todo):
+                    self._constant[pending.pop()] = False
+                elif todo:
+                    open_nodes.add(node.name)
                     pending += todo
                 else:
+                    open_nodes.discard(node.name)
                     self._constant[pending.pop()] = all(self._constant[_node_of(i)] for i in node.input)
         return self._constant[_node_of(name)]
 
@@ -91,7 +96,11 @@ def _tensor(name: str) -> str:
 
 
 def _float32(node) -> bool:
-    return node.attr["T"].type == tf.float32.as_datatype_enum
+    return "T" in node.attr and node.attr["T"].type == tf.float32.as_datatype_enum
+
+
+def _nhwc(node) -> bool:
+    return "data_format" not in node.attr or node.attr["data_format"].s == b"NHWC"  # (reading a missing key would add it)
 
 
 def _candidates(graph: _Graph) -> list:
@@ -99,7 +108,7 @@ def _candidates(graph: _Graph) -> list:
     by a constant whose only consumer adds a constant (NHWC, float32)."""
     found = []
     for conv in graph.graph_def.node:
-        if conv.op not in CONVOLUTIONS or not _float32(conv) or conv.attr["data_format"].s not in (b"", b"NHWC"):
+        if conv.op not in CONVOLUTIONS or not _float32(conv) or not _nhwc(conv):
             continue
         multiply = graph.only_consumer(conv, ("Mul",))
         add = multiply and graph.only_consumer(multiply, ADDS)

@@ -34,7 +34,7 @@ included (towers/frozen_graph.py). The captions are computed in a second thread 
 are (`concurrent_towers`): on an AMD Zen 5 host 12.4-13.6 s against 13.9-19.8 s one tower after
 the other for 1,000 Flickr8k photos and their captions on 2 cores, five runs each
 (benchmarks/results/extraction_concurrency.json), with bit-identical features; on a Zen 4 host
-the two orders tie (benchmarks/results/extraction_throughput_folded.json).
+20.7-24.9 s against 22.7-24.7 s, three runs each (benchmarks/results/extraction_throughput_folded.json).
 
 Pairs come from `pair_dataset`, with the semantics of `pipeline.pair_dataset`: up to K captions
 per image sampled without replacement each epoch, hashed image ids for the same-image mask,
