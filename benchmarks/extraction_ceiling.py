@@ -27,7 +27,6 @@ import dual_encoder.cli  # noqa: F401  (first: the tools' TensorFlow defaults, b
 
 # isort: split
 import argparse
-import csv
 import datetime
 import json
 import statistics
@@ -36,33 +35,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from extraction_throughput import peak_flops  # noqa: E402  (the benchmarks folder is on sys.path when run)
+from extraction_throughput import flickr8k_rows, lit_towers, peak_flops  # (benchmarks/ is on sys.path when run)
 
 from dual_encoder import files
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_BATCH = TEXT_BATCH = 64  # as train() extracts (FeatureCache.extract(batch_size=64))
-
-
-def lit_towers(shared: Path, mid_level: bool, captions: list):
-    from dual_encoder import config as run_config
-    from dual_encoder.training.trainer import build_towers
-
-    config = run_config.get_preset("lit")
-    config.model.image_encoder = str(shared / "weights" / "efficientnet_lite0_keras")
-    config.model.text_encoder = str(shared / "weights" / "all-minilm-l6-v2")
-    if not mid_level:
-        config.model.image_feature_stages = config.model.text_feature_layers = 0
-    image, text, _ = build_towers(config, captions)
-    return image, text
-
-
-def flickr8k(shared: Path, photos: int, captions: int):
-    """The first `photos` Flickr8k photos (sorted by name) and the first `captions` captions."""
-    with open(shared / "data" / "flickr8k" / "captions.txt", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    names = sorted({r["image"] for r in rows})[:photos]
-    return [shared / "data" / "flickr8k" / "Images" / n for n in names], [r["caption"] for r in rows[:captions]]
 
 
 def decoded(paths: list, image_tower) -> tuple:
@@ -82,18 +60,17 @@ def image_runtimes(tower) -> dict:
     """name -> callable(float32 batch) -> features."""
     import tensorflow as tf
 
-    from dual_encoder import _compat
     from dual_encoder.towers import frozen_graph
+    from dual_encoder.training import feature_cache
 
     signature = [tf.TensorSpec([None, *tower.image_size, 3], tf.float32)]
 
     def features(images):
         return tf.cast(tower.model(images, training=False), tf.float32)
 
-    constants = _compat.constant_function(features, signature)
     runtimes = {"tensorflow, variables (before)": tf.function(features, input_signature=signature),
-                "tensorflow, constants (grappler folds)": lambda x: constants(tf.constant(x))[0],
-                "tensorflow, all batch norms folded (now)": frozen_graph.inference_function(features, signature),
+                "tensorflow, constants (grappler folds)": frozen_graph.inference_function(features, signature, fold=False),
+                "tensorflow, all batch norms folded (now)": feature_cache._forward(tower),
                 "tensorflow + XLA": tf.function(features, jit_compile=True)}
     openvino = _openvino(features, signature)
     if openvino:
@@ -101,15 +78,16 @@ def image_runtimes(tower) -> dict:
     return {name: (lambda f: lambda x: np.asarray(f(x)))(f) for name, f in runtimes.items()}
 
 
-def text_runtimes(tower, names: list) -> dict:
+def text_runtimes(text_features, names: list) -> dict:
+    """name -> callable(token arrays cut to a batch's length) -> features; `text_features` is the
+    cache's `TextFeatures` (its traced tower is the "now" row)."""
     import tensorflow as tf
 
     def features(inputs):
-        return tf.cast(tower.model(inputs, training=False), tf.float32)
+        return tf.cast(text_features.tower.model(inputs, training=False), tf.float32)
 
     signature = [{name: tf.TensorSpec([None, None], tf.int32) for name in names}]
-    graph = tf.function(features, input_signature=signature)
-    runtimes = {"tensorflow, per-length graph (now)": lambda t: graph({k: tf.constant(v) for k, v in t.items()}).numpy()}
+    runtimes = {"tensorflow, per-length graph (now)": lambda t: text_features._forward(t["padding_mask"].shape[1], t)}
     openvino = _openvino(features, signature)
     if openvino:
         runtimes["openvino f32"] = lambda t: openvino([t[k] for k in names])
@@ -129,11 +107,9 @@ def _openvino(function, signature):
     return lambda x: compiled(x)[0]
 
 
-def text_batches(text_tower, captions: list) -> list:
+def text_batches(text_features, captions: list) -> list:
     """Token arrays per batch of TEXT_BATCH captions sorted by length, cut to the batch's longest."""
-    from dual_encoder.towers.features import TextFeatures
-
-    tokens = TextFeatures(text_tower).tokens(captions)
+    tokens = text_features.tokens(captions)
     lengths = tokens["padding_mask"].sum(axis=1)
     order = np.argsort(lengths, kind="stable")
     batches = []
@@ -144,20 +120,15 @@ def text_batches(text_tower, captions: list) -> list:
 
 
 def passes(runtimes: dict, batches: list, repeats: int, only_first: dict) -> dict:
-    """name -> {"seconds": [per pass], "outputs": first pass's features}; round-robin after a warm-up
-    on every batch shape. `only_first[name]` limits a slow runtime to its first n batches."""
-    results = {name: {"seconds": []} for name in runtimes}
-    for name, run in runtimes.items():
-        for batch in {id(b): b for b in batches[: only_first.get(name, len(batches))]}.values():
-            run(batch)
+    """name -> {"items", "seconds": [per pass], "outputs": features}; round-robin after one
+    warm-up pass (every batch shape). `only_first[name]` limits a slow runtime to its first n batches."""
+    chosen = {name: batches[: only_first.get(name, len(batches))] for name in runtimes}
+    results = {name: {"items": sum(len(next(iter(b.values())) if isinstance(b, dict) else b) for b in chosen[name]),
+                      "seconds": [], "outputs": np.concatenate([run(b) for b in chosen[name]])}
+               for name, run in runtimes.items()}  # fmt: skip
     for _ in range(repeats):
         for name, run in runtimes.items():
-            chosen = batches[: only_first.get(name, len(batches))]
-            started = time.perf_counter()
-            outputs = [run(b) for b in chosen]
-            results[name]["seconds"].append(time.perf_counter() - started)
-            results[name].setdefault("outputs", np.concatenate(outputs))
-            results[name]["items"] = sum(len(next(iter(b.values())) if isinstance(b, dict) else b) for b in chosen)
+            results[name]["seconds"].append(_timed(lambda: [run(b) for b in chosen[name]]))
     return results
 
 
@@ -211,14 +182,18 @@ def main(argv=None) -> int:
     if before_row not in throughput["results"]:
         parser.error(f"--throughput {args.throughput} has no {before_row!r} row; run it with --variants {before_row} {after_row}")
     started = time.perf_counter()
-    paths, captions = flickr8k(args.shared, args.photos, args.captions)
+    from dual_encoder.towers.features import TextFeatures
+
+    rows = flickr8k_rows(args.shared, args.photos)
+    captions = [caption for _, caption in flickr8k_rows(args.shared, args.captions // 5 + 1)][: args.captions]
     image, text = lit_towers(args.shared, not args.top_only, captions)
-    images, decode_rate = decoded(paths, image)
-    tokens = text_batches(text, captions)
+    images, decode_rate = decoded(list(dict.fromkeys(path for path, _ in rows)), image)
+    text_features = TextFeatures(text)
+    tokens = text_batches(text_features, captions)
     xla_batches = max(1, args.xla_photos // IMAGE_BATCH)
     image_results = summarise(passes(image_runtimes(image), images, args.repeats, {"tensorflow + XLA": xla_batches}),
                               "tensorflow, variables (before)")
-    text_results = summarise(passes(text_runtimes(text, list(tokens[0])), tokens, args.repeats, {}),
+    text_results = summarise(passes(text_runtimes(text_features, list(tokens[0])), tokens, args.repeats, {}),
                              "tensorflow, per-length graph (now)")
     peak = gemm_peak()
     before = throughput["results"][before_row]

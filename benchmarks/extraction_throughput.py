@@ -57,6 +57,7 @@ import argparse
 import collections
 import csv
 import datetime
+import functools
 import json
 import os
 import platform
@@ -125,19 +126,38 @@ def peak_flops() -> dict:
             "avx512": "avx512f" in flags, "avx512_flops": peak(AVX512_FLOP_PER_CYCLE) if "avx512f" in flags else None}
 
 
-def write_shard(shared: Path, photos: int, work: Path) -> Path:
-    """The first `photos` Flickr8k photos (sorted by name) with all their captions, as one shard folder."""
-    from dual_encoder.cli.data import main as write_shards_cli
-
+def flickr8k_rows(shared: Path, photos: int) -> list:
+    """(photo path, caption) of the first `photos` Flickr8k photos (sorted by name), every caption, in file order."""
     images = (shared / "data" / "flickr8k" / "Images").resolve()
     with open(shared / "data" / "flickr8k" / "captions.txt", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     chosen = set(sorted({r["image"] for r in rows})[:photos])
+    return [(images / r["image"], r["caption"]) for r in rows if r["image"] in chosen]
+
+
+def lit_towers(shared: Path, mid_level: bool, captions: list):
+    """`lit`'s towers from ../shared/weights (its mid-level features too, with `mid_level`)."""
+    from dual_encoder import config as run_config
+    from dual_encoder.training.trainer import build_towers
+
+    config = run_config.get_preset("lit")
+    config.model.image_encoder = str(shared / "weights" / "efficientnet_lite0_keras")
+    config.model.text_encoder = str(shared / "weights" / "all-minilm-l6-v2")
+    if not mid_level:
+        config.model.image_feature_stages = config.model.text_feature_layers = 0
+    image, text, _ = build_towers(config, captions)
+    return image, text
+
+
+def write_shard(shared: Path, photos: int, work: Path) -> Path:
+    """The first `photos` Flickr8k photos (sorted by name) with all their captions, as one shard folder."""
+    from dual_encoder.cli.data import main as write_shards_cli
+
     table = work / "captions.csv"
     with open(table, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "caption"])
-        writer.writerows([str(images / r["image"]), r["caption"]] for r in rows if r["image"] in chosen)
+        writer.writerows([str(path), caption] for path, caption in flickr8k_rows(shared, photos))
     out = work / "shards"
     if write_shards_cli(["--csv", str(table), "--image-column", "image", "--caption-column", "caption",
                          "--val-fraction", "0", "--images-per-shard", "100000", "--out", str(out), "--quiet"]) != 0:
@@ -149,9 +169,8 @@ def _as_before(variant: Variant) -> None:
     """Puts back the extraction as it was, one part at a time (this process only)."""
     import tensorflow as tf
 
-    from dual_encoder import _compat
     from dual_encoder.data import pipeline
-    from dual_encoder.towers import features
+    from dual_encoder.towers import features, frozen_graph
     from dual_encoder.training import feature_cache
 
     if not variant.resize_skip:
@@ -160,10 +179,7 @@ def _as_before(variant: Variant) -> None:
         feature_cache.frozen_graph = types.SimpleNamespace(inference_function=lambda f, signature: tf.function(
             f, input_signature=signature))  # fmt: skip
     elif not variant.folded_depthwise:  # weights as constants, left to grappler (it folds regular convs only)
-        def unfolded(f, signature):
-            frozen = _compat.constant_function(f, signature)
-            return lambda *inputs: frozen(*tf.nest.flatten(inputs))[0]
-
+        unfolded = functools.partial(frozen_graph.inference_function, fold=False)
         feature_cache.frozen_graph = types.SimpleNamespace(inference_function=unfolded)
     if not variant.caption_lengths:  # each caption at the smallest of 16, 32, 64, ... tokens that holds it
         from dual_encoder.towers.layers import TokenPooling
@@ -216,21 +232,14 @@ def worker(args) -> int:
     _as_before(variant)
     import tensorflow as tf
 
-    from dual_encoder import config as run_config
     from dual_encoder.data import pipeline
     from dual_encoder.training import feature_cache
-    from dual_encoder.training.trainer import build_towers
 
     shard = next(Path(args.shards).glob("train-*.tfrecord"))
     local = Path(args.scratch) / shard.name  # the cache is written beside the shard: one folder per variant
     local.symlink_to(shard)
-    config = run_config.get_preset("lit")
-    config.model.image_encoder = str(args.shared / "weights" / "efficientnet_lite0_keras")
-    config.model.text_encoder = str(args.shared / "weights" / "all-minilm-l6-v2")
-    if not variant.mid_level:
-        config.model.image_feature_stages = config.model.text_feature_layers = 0
     captions = [c for _, caps in pipeline.image_caption_lists([str(local)]) for c in caps]
-    image, text, _ = build_towers(config, captions[:2000])
+    image, text = lit_towers(args.shared, variant.mid_level, captions[:2000])
     cache = feature_cache.FeatureCache(image, text, concurrent_towers=variant.concurrent_towers)
     report = cache.extract([str(local)], progress=False)
     loaded = cache.load([str(local)])

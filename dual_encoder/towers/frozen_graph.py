@@ -26,10 +26,13 @@ ADDS = ("Add", "AddV2")
 VARYING = ("Placeholder", "VarHandleOp", "ReadVariableOp", "TruncatedNormal", "Multinomial")  # and every "*Random*" op
 
 
-def inference_function(function: Callable, input_signature: list) -> Callable:
-    """`function` traced once for `input_signature` with every variable a constant and its batch
-    norms folded; a callable taking the same (nested) inputs and returning the first output."""
+def inference_function(function: Callable, input_signature: list, fold: bool = True) -> Callable:
+    """`function` traced once for `input_signature` with every variable a constant and (with
+    `fold`) its batch norms folded; a callable taking the same (nested) inputs and returning the
+    first output. `fold=False` leaves the folding to grappler (regular convs only), for comparison."""
     frozen = _compat.constant_function(function, input_signature)
+    if not fold:
+        return lambda *inputs: frozen(*map(tf.convert_to_tensor, tf.nest.flatten(inputs)))[0]
     graph_def, _ = fold_batch_norms(frozen.graph.as_graph_def())
     feeds, fetch = [t.name for t in frozen.inputs], frozen.outputs[0].name
 
@@ -143,8 +146,8 @@ def _folded(conv, filter_value: np.ndarray, scale: np.ndarray, bias: np.ndarray)
     per_channel = lambda v: v.size == channels and all(d == 1 for d in v.shape[:-1])  # noqa: E731
     if not (per_channel(scale) and per_channel(bias)):
         return None
-    return filter_value * scale.reshape(1, 1, *filter_value.shape[2:]) if conv.op == "DepthwiseConv2dNative" else \
-        filter_value * scale.reshape(1, 1, 1, -1), bias.reshape(-1)
+    per_output = (1, 1, *filter_value.shape[2:]) if conv.op == "DepthwiseConv2dNative" else (1, 1, 1, channels)
+    return filter_value * scale.reshape(per_output), bias.reshape(-1)
 
 
 def fold_batch_norms(graph_def) -> tuple:

@@ -393,12 +393,12 @@ class FeatureCache:
             bar.doing(kind, os.path.basename(shard))
             computing = time.perf_counter()
             if kind == "image":
-                arrays = _image_arrays(tower, self._forward("image"), shard, items[shard], batch_size, bar)
+                arrays = _image_arrays(tower, self._traced("image"), shard, items[shard], batch_size, bar)
             elif kind == "views":
-                arrays = _view_arrays(tower, self._forward("image"), self.augmentation, shard, items[shard], batch_size, bar)
+                arrays = _view_arrays(tower, self._traced("image"), self.augmentation, shard, items[shard], batch_size, bar)
             else:
                 counts: dict = {}
-                arrays = _text_arrays(self._forward("text"), items[shard], batch_size, bar, counts)
+                arrays = _text_arrays(self._traced("text"), items[shard], batch_size, bar, counts)
             seconds = time.perf_counter() - computing
             if report.stored:
                 save_shard(self.paths(shard, views=True)[kind], arrays, shard, fingerprints[shard])
@@ -431,7 +431,7 @@ class FeatureCache:
                     report.seconds, ", ".join(folders))
         return report
 
-    def _forward(self, tower: str):
+    def _traced(self, tower: str):
         """The traced image or text tower, built in the thread that first needs it: freezing and
         folding the image tower (2 s for EfficientNet-Lite0) then runs while the captions are computed."""
         if tower not in self._forwards:  # each tower is only ever built by one thread
